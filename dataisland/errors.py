@@ -114,30 +114,22 @@ class ExecutionError(DataislandError):
     code = "FAILED_PRECONDITION"
 
 
-GRPC_STATUS_CODES: dict[type[DataislandError], str] = {
-    cls: cls.code
-    for cls in (
-        DataislandError,
-        MalformedQueryError,
-        UnsupportedQueryError,
-        UnknownTableError,
-        InvalidInputError,
-        CanonicalEncodingError,
-        ConfigError,
-        SchemaMismatchError,
-        NotFoundError,
-        PermissionDeniedError,
-        MissingPartialError,
-        NodeUnavailableError,
-        QueryDeadlineError,
-        ResourceLimitError,
-        QueryCancelledError,
-        ExecutionError,
-    )
-}
-"""The one table of causes to gRPC status code names (the README prints it)."""
-
-
 def grpc_status_for(error: DataislandError) -> str:
     """Return the canonical gRPC status code name for `error` (never INTERNAL)."""
     return error.code
+
+
+class RequestIdReusedError(DataislandError):
+    """A request id was submitted again with a different envelope."""
+
+    code = "ALREADY_EXISTS"
+
+
+
+def _all_causes(cls: type[DataislandError]) -> list[type[DataislandError]]:
+    return [cls] + [sub for direct in cls.__subclasses__() for sub in _all_causes(direct)]
+
+
+def grpc_status_table() -> dict[str, str]:
+    """Every cause and its gRPC status code name: the one table the README prints."""
+    return {cls.__name__: cls.code for cls in _all_causes(DataislandError)}
