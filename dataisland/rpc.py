@@ -118,7 +118,9 @@ def serve_until_signalled(
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    server = grpc.server(ThreadPoolExecutor(max_workers=workers), options=CHANNEL_OPTIONS)
+    # SO_REUSEPORT off: a second node on the same port must fail, not silently share it.
+    options = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
+    server = grpc.server(ThreadPoolExecutor(max_workers=workers), options=options)
     register(server)
     try:
         bound = server.add_insecure_port(address)

@@ -1,0 +1,15 @@
+"""The `dataisland` command: the only place that wires the kernel, enclave, coordinator together.
+
+Each sub-module registers its commands on `main`; this module only assembles them.
+"""
+
+from __future__ import annotations
+
+import click
+
+from dataisland.cli import federation as _federation  # noqa: F401  (registers init, shard, up, demo)
+from dataisland.cli import query as _query  # noqa: F401  (registers query)
+from dataisland.cli import serve as _serve  # noqa: F401  (registers enclave, coordinator)
+from dataisland.cli.app import main
+
+__all__ = ["click", "main"]

@@ -1,0 +1,55 @@
+"""`dataisland query`: ask the federation a question and print the answer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from dataisland.cli.app import console, friendly_errors, main
+from dataisland.client import Client, QueryResult
+from dataisland.federation import load_federation
+
+
+def result_table(result: QueryResult, *, title: str | None = None) -> Table:
+    """A rich table of a released result (NULL shown dimmed)."""
+    table = Table(title=title, title_justify="left")
+    numeric = ("INT", "DECIMAL", "DOUBLE", "FLOAT", "HUGEINT")
+    for name, type_name in result.columns:
+        numeric_column = any(k in type_name for k in numeric)
+        table.add_column(
+            f"{name}\n[dim]{type_name}[/]", justify="right" if numeric_column else "left"
+        )
+    for row in result.rows:
+        table.add_row(*("[dim]NULL[/]" if v is None else v for v in row))
+    return table
+
+
+@main.command("query")
+@click.option(
+    "--federation",
+    "federation_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="federation directory (its federation.yaml names the coordinator)",
+)
+@click.option("--purpose", default="ad-hoc analysis", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON for machines")
+@click.option("--timeout", default=60.0, show_default=True, help="seconds to wait for the answer")
+@click.argument("sql")
+@friendly_errors
+def query(federation_dir: Path, purpose: str, as_json: bool, timeout: float, sql: str) -> None:
+    """Run SQL across the federation and print the released result."""
+    federation = load_federation(federation_dir / "federation.yaml")
+    with Client(federation.committee.coordinator, timeout=timeout) as client:
+        result = client.query(sql, purpose=purpose)
+    if as_json:
+        click.echo(json.dumps(result.as_json(), ensure_ascii=False))
+        return
+    console.print(result_table(result))
+    console.print(
+        f"[dim]{len(result.rows)} rows · query {result.status.query_id} · "
+        f"result digest {result.digest[:16]}…[/]"
+    )

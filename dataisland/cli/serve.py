@@ -1,0 +1,64 @@
+"""`dataisland enclave serve` and `dataisland coordinator serve`: run one node in the foreground."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from dataisland.cli.app import friendly_errors, main
+from dataisland.errors import ConfigError
+from dataisland.federation import load_node_config
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@main.group()
+def enclave() -> None:
+    """Run or inspect an enclave node (a department's, or the aggregator)."""
+
+
+@enclave.command("serve")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--role",
+    type=click.Choice(["department", "aggregator"]),
+    default="department",
+    show_default=True,
+    help="which enclave role this node plays; must match the configuration file",
+)
+@friendly_errors
+def enclave_serve(config_path: Path, role: str) -> None:
+    """Serve one enclave node until Ctrl-C or SIGTERM."""
+    from enclave.server import serve_aggregator, serve_department
+
+    config = load_node_config(config_path)
+    if config.role != role:
+        raise ConfigError(f"{config_path} configures a {config.role} node, not a {role} node")
+    _logging()
+    if role == "department":
+        serve_department(config)
+    else:
+        serve_aggregator(config)
+
+
+@main.group()
+def coordinator() -> None:
+    """Run the coordinator."""
+
+
+@coordinator.command("serve")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
+@friendly_errors
+def coordinator_serve(config_path: Path) -> None:
+    """Serve the coordinator until Ctrl-C or SIGTERM."""
+    from coordinator.server import serve_coordinator
+
+    config = load_node_config(config_path)
+    if config.role != "coordinator":
+        raise ConfigError(f"{config_path} configures a {config.role} node, not the coordinator")
+    _logging()
+    serve_coordinator(config)

@@ -1,0 +1,246 @@
+"""The Python client a department service uses to ask the federation a question.
+
+    from dataisland.client import Client
+    with Client("127.0.0.1:7100") as client:
+        print(client.query("SELECT count(*) AS n FROM claims", purpose="monthly report").rows)
+
+`query` builds the envelope (raw SQL, a salted commitment to the typed parameters, purpose,
+request id, time), submits it, waits, reassembles every page and checks the reassembled result
+against the digest the aggregator computed. Failures raise `QueryFailedError` with the gRPC
+status name and the server's message. This module does not sign envelopes yet (Identities).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from dataisland.canonical import (
+    CanonicalResult,
+    QueryEnvelope,
+    ResultColumn,
+    TypedParam,
+    new_salt,
+    params_commitment,
+)
+from dataisland.errors import DataislandError
+from dataisland.rpc import error_from_rpc, insecure_channel
+from dataisland.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+
+FINAL = frozenset(
+    {
+        coordinator_pb2.QUERY_STATE_SUCCEEDED,
+        coordinator_pb2.QUERY_STATE_FAILED,
+        coordinator_pb2.QUERY_STATE_DENIED,
+        coordinator_pb2.QUERY_STATE_CANCELLED,
+    }
+)
+
+
+class QueryFailedError(DataislandError):
+    """The query was refused, failed, was denied or cancelled; `code` is the gRPC status name."""
+
+    def __init__(
+        self, code: str, message: str, *, reasons: Sequence[common_pb2.Reason] = ()
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reasons = list(reasons)
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """A released result: typed columns and canonical cell strings (None for NULL)."""
+
+    columns: list[tuple[str, str]]
+    rows: list[tuple[str | None, ...]]
+    status: coordinator_pb2.QueryStatus
+    digest: str
+
+    def as_json(self) -> dict[str, object]:
+        """`{"columns": [...], "rows": [[...]], ...}` for machines."""
+        return {
+            "columns": [{"name": n, "type": t} for n, t in self.columns],
+            "rows": [list(r) for r in self.rows],
+            "query_id": self.status.query_id,
+            "request_id": self.status.request_id,
+            "canonical_sql": self.status.canonical_sql,
+            "query_hash": self.status.query_hash,
+            "result_digest": self.digest,
+            "suppressed": self.status.suppressed,
+        }
+
+
+class Client:
+    """A requester's connection to the coordinator."""
+
+    def __init__(self, address: str, *, timeout: float = 60.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel = insecure_channel(address)
+        self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def submit(
+        self,
+        sql: str,
+        *,
+        purpose: str,
+        request_id: str | None = None,
+        params: Sequence[TypedParam] = (),
+    ) -> coordinator_pb2.QueryStatus:
+        """Submit a query and return at once with its status (idempotent on `request_id`)."""
+        salt = new_salt()
+        envelope = QueryEnvelope(
+            sql=sql,
+            params_commitment=params_commitment(list(params), salt=salt),
+            purpose=purpose,
+            request_id=request_id or uuid.uuid4().hex,
+            issued_at=dt.datetime.now(dt.UTC),
+        )
+        signed = common_pb2.SignedEnvelope(
+            envelope=envelope.to_bytes(),
+            params=[
+                common_pb2.TypedParam(name=p.name, type=p.type, value=p.value)
+                if p.value is not None
+                else common_pb2.TypedParam(name=p.name, type=p.type)
+                for p in params
+            ],
+            params_salt=salt,
+        )
+        response = self._call("SubmitQuery", coordinator_pb2.SubmitQueryRequest(envelope=signed))
+        status: coordinator_pb2.QueryStatus = response.status
+        return status
+
+    def wait(self, query_id: str, *, timeout: float | None = None) -> coordinator_pb2.QueryStatus:
+        """Wait until the query reaches a final state (or `timeout` passes); return its status."""
+        end = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            left = end - time.monotonic()
+            request = coordinator_pb2.WaitResultRequest(
+                query_id=query_id, timeout_ms=max(1, int(min(left, 30.0) * 1000)), page_size=1
+            )
+            status: coordinator_pb2.QueryStatus = self._call("WaitResult", request).status
+            if status.state in FINAL or time.monotonic() >= end:
+                return status
+
+    def result(self, query_id: str, *, page_size: int = 1_000) -> QueryResult:
+        """Fetch every page of a succeeded query and check it against the released digest.
+
+        Raises:
+            QueryFailedError: the query did not succeed, or the pages do not match the digest.
+        """
+        token = ""
+        rows: list[tuple[str | None, ...]] = []
+        while True:
+            response = self._call(
+                "GetResult",
+                coordinator_pb2.GetResultRequest(
+                    query_id=query_id, page_size=page_size, page_token=token
+                ),
+            )
+            status: coordinator_pb2.QueryStatus = response.status
+            _raise_unless_succeeded(status)
+            page: coordinator_pb2.ResultPage = response.page
+            rows.extend(
+                tuple(v.text if v.HasField("text") else None for v in r.values) for r in page.rows
+            )
+            token = page.next_page_token
+            if not token:
+                break
+        columns = [(c.name, c.type) for c in page.columns]
+        recomputed = _digest(columns, rows)
+        if recomputed != page.result_digest:
+            raise QueryFailedError("DATA_LOSS", "the reassembled result does not match its digest")
+        return QueryResult(columns=columns, rows=rows, status=status, digest=page.result_digest)
+
+    def query(
+        self,
+        sql: str,
+        *,
+        purpose: str,
+        params: Sequence[TypedParam] = (),
+        timeout: float | None = None,
+    ) -> QueryResult:
+        """Submit, wait and fetch the whole result.
+
+        Raises:
+            QueryFailedError: refused, failed, denied, cancelled, or not finished within `timeout`.
+        """
+        status = self.submit(sql, purpose=purpose, params=params)
+        status = self.wait(status.query_id, timeout=timeout)
+        if status.state not in FINAL:
+            raise QueryFailedError(
+                "DEADLINE_EXCEEDED", f"query {status.query_id} did not finish in time"
+            )
+        return self.result(status.query_id)
+
+    def list(self) -> list[coordinator_pb2.QueryStatus]:
+        """This requester's retained queries, newest first."""
+        out: list[coordinator_pb2.QueryStatus] = []
+        token = ""
+        while True:
+            response = self._call(
+                "ListQueries", coordinator_pb2.ListQueriesRequest(page_token=token)
+            )
+            out.extend(response.queries)
+            token = response.next_page_token
+            if not token:
+                return out
+
+    def cancel(self, query_id: str) -> coordinator_pb2.QueryStatus:
+        """Cancel a query that has not finished."""
+        response = self._call("CancelQuery", coordinator_pb2.CancelQueryRequest(query_id=query_id))
+        status: coordinator_pb2.QueryStatus = response.status
+        return status
+
+    def _call(self, method: str, request: object) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=self.timeout + 5)
+        except grpc.RpcError as exc:
+            error = error_from_rpc(exc, node=f"the coordinator at {self.address}")
+            raise QueryFailedError(error.code, str(error)) from None
+
+
+def _raise_unless_succeeded(status: coordinator_pb2.QueryStatus) -> None:
+    if status.state == coordinator_pb2.QUERY_STATE_SUCCEEDED:
+        return
+    if status.state == coordinator_pb2.QUERY_STATE_DENIED:
+        raise QueryFailedError(
+            "PERMISSION_DENIED",
+            "; ".join(r.message for r in status.reasons),
+            reasons=status.reasons,
+        )
+    if status.state == coordinator_pb2.QUERY_STATE_CANCELLED:
+        raise QueryFailedError("CANCELLED", "the query was cancelled")
+    if status.state == coordinator_pb2.QUERY_STATE_FAILED:
+        raise QueryFailedError(status.error.code or "UNKNOWN", status.error.message)
+    raise QueryFailedError("FAILED_PRECONDITION", f"query {status.query_id} has not finished")
+
+
+def _digest(columns: list[tuple[str, str]], rows: list[tuple[str | None, ...]]) -> str:
+    result = CanonicalResult(
+        columns=tuple(
+            ResultColumn(name=name, type=type_name, values=tuple(row[i] for row in rows))
+            for i, (name, type_name) in enumerate(columns)
+        )
+    )
+    return result.digest().hex()

@@ -1,0 +1,134 @@
+"""A department's shard: one DuckDB file opened read-only and locked down, plus a watchdog.
+
+The lockdown is applied at connect time (no external access, no extension autoload or
+autoinstall, no Python replacement scans, threads and memory from configuration), TimeZone is set
+to UTC right after connecting (the connect-time config refuses it), and the configuration is then
+locked so no later statement can loosen it. Each execution runs on its own cursor, which a timer
+interrupts at the deadline.
+
+This module does not parse, check or plan SQL: it runs SQL its caller regenerated from a checked
+tree, and its errors never carry data values.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from dataisland.errors import ConfigError, ExecutionError, QueryDeadlineError
+
+log = logging.getLogger("dataisland.enclave.shard")
+
+
+@dataclass(frozen=True)
+class Lockdown:
+    """The resource limits of a shard connection (part of what the enclave measures)."""
+
+    threads: int
+    memory_limit: str
+
+    def connect_config(self) -> dict[str, str | bool | int | float | list[str]]:
+        """The DuckDB config applied when the connection opens."""
+        return {
+            "access_mode": "READ_ONLY",
+            "enable_external_access": False,
+            "autoload_known_extensions": False,
+            "autoinstall_known_extensions": False,
+            "python_enable_replacements": False,
+            "threads": self.threads,
+            "memory_limit": self.memory_limit,
+        }
+
+
+def open_locked(database: str | Path, lockdown: Lockdown) -> duckdb.DuckDBPyConnection:
+    """Open `database` with the lockdown applied and the configuration locked.
+
+    `database` may be ":memory:" for the aggregator's merge engine (read-only is then dropped).
+
+    Raises:
+        ConfigError: the file is missing or is not a DuckDB database.
+    """
+    config = lockdown.connect_config()
+    if str(database) == ":memory:":
+        config.pop("access_mode")
+    elif not Path(database).is_file():
+        raise ConfigError(f"shard file {database} does not exist")
+    try:
+        con = duckdb.connect(str(database), config=config)
+    except duckdb.Error as exc:
+        raise ConfigError(f"cannot open shard {database}: {type(exc).__name__}") from None
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+class Shard:
+    """A locked-down, read-only shard that runs SQL under a deadline."""
+
+    def __init__(self, path: Path, lockdown: Lockdown) -> None:
+        self.path = path
+        self.lockdown = lockdown
+        self._con = open_locked(path, lockdown)
+
+    def tables(self) -> dict[str, dict[str, str]]:
+        """Table name to {column: DuckDB type}, in column order."""
+        rows = self._con.execute(
+            "SELECT table_name, column_name, data_type FROM duckdb_columns() "
+            "WHERE schema_name = 'main' AND NOT internal ORDER BY table_name, column_index"
+        ).fetchall()
+        out: dict[str, dict[str, str]] = {}
+        for table, column, type_name in rows:
+            out.setdefault(str(table), {})[str(column)] = str(type_name)
+        return out
+
+    def run(self, sql: str, *, timeout: float) -> tuple[pa.Table, tuple[str, ...]]:
+        """Run `sql` on a fresh cursor, interrupted after `timeout` seconds.
+
+        Returns:
+            The result as Arrow and the DuckDB type names of its columns.
+
+        Raises:
+            QueryDeadlineError: the watchdog interrupted it.
+            ExecutionError: DuckDB refused it (the message names only the error class).
+        """
+        cursor = self._con.cursor()
+        fired = threading.Event()
+
+        def interrupt() -> None:
+            fired.set()
+            cursor.interrupt()
+
+        watchdog = threading.Timer(max(timeout, 0.0), interrupt)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            relation = cursor.sql(sql)
+            types = tuple(str(t) for t in relation.types)
+            table = relation.to_arrow_table()
+        except duckdb.InterruptException:
+            raise QueryDeadlineError(
+                f"the partial ran past its deadline of {timeout:.1f}s"
+            ) from None
+        except duckdb.Error as exc:
+            if fired.is_set():
+                raise QueryDeadlineError(
+                    f"the partial ran past its deadline of {timeout:.1f}s"
+                ) from None
+            # DuckDB's message can quote a value from the shard: neither logged nor sent.
+            log.warning("partial failed with %s", type(exc).__name__)
+            raise ExecutionError(
+                f"the partial failed in the shard ({type(exc).__name__})"
+            ) from None
+        finally:
+            watchdog.cancel()
+            cursor.close()
+        return table, types
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._con.close()
