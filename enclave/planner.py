@@ -1,0 +1,445 @@
+"""The federated planner: one checked query becomes a per-shard partial and a merge, as SQL text.
+
+`plan_query` splits every supported aggregate into decomposable pieces that each department
+computes on its own shard (the partial), and writes the SQL that combines the pieces of all
+departments into the answer one database holding all the rows would give (the merge):
+
+- COUNT -> count, summed; SUM -> sum, summed; MIN/MAX -> min/max of the pieces;
+- AVG -> sum and count;
+- VAR_*/STDDEV_* -> count, mean and M2 (= var_pop * count) per shard, combined with the
+  parallel formula of Chan, Golub and LeVeque, which is numerically stable: no sum of squares.
+
+Each partial also carries, per group, the number of distinct privacy units (`__units`) and, per
+FILTER'd aggregate, the distinct units that pass its filter (`__units_<i>`), for the release
+rules. `merge_partials` checks that every expected department answered, stacks the partials
+with Arrow and runs the merge through an engine it is given.
+
+This module does not: open a database or import DuckDB (engines are passed in), apply release
+rules (k, suppression) - a later stage wraps the merge - or check policies. It plans joins only
+between tables held entirely by one department; anything needing rows from two departments is
+refused, never answered approximately.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import pyarrow as pa
+from sqlglot import exp
+
+from dataisland.catalog import Catalog, TableInfo
+from dataisland.errors import (
+    InvalidInputError,
+    MissingPartialError,
+    SchemaMismatchError,
+    UnknownTableError,
+    UnsupportedQueryError,
+)
+from enclave.engine import EngineResult, MergeEngine
+from policies.sqlfront import (
+    DIALECT,
+    ParsedQuery,
+    expression_key,
+    is_aggregate,
+    resolve_group_keys,
+    table_refs,
+)
+
+PARTIALS_RELATION = "partials"
+"""The relation name the merge SQL reads: all departments' partials stacked."""
+
+DEPARTMENT_COLUMN = "__department"
+"""The column `merge_partials` adds to each partial, naming the department that sent it."""
+
+UNITS_COLUMN = "__units"
+"""The partial column holding the distinct privacy units of each group."""
+
+_INTEGER_TYPES = frozenset(
+    {
+        "TINYINT",
+        "SMALLINT",
+        "INTEGER",
+        "INT",
+        "BIGINT",
+        "HUGEINT",
+        "UTINYINT",
+        "USMALLINT",
+        "UINTEGER",
+        "UBIGINT",
+        "INT1",
+        "INT2",
+        "INT4",
+        "INT8",
+        "BOOLEAN",
+    }
+)
+
+
+@dataclass(frozen=True)
+class FederatedPlan:
+    """What each department computes and how the aggregator combines it.
+
+    Attributes:
+        partial_sql: runs on each department's shard, where each logical table exists under
+            its logical name.
+        merge_sql: runs over `partials`, the union of all departments' partial results with
+            an added `__department VARCHAR` column.
+        departments: the departments that must each send exactly one partial.
+        output_names: the merge's output column names, as DuckDB names them for the
+            canonical query.
+        unit_columns: the partial columns holding distinct privacy-unit counts
+            (`__units`, then `__units_<i>` per FILTER'd aggregate).
+        partial_columns: every partial column, in order (`merge_partials` checks them).
+        group_columns: the partial columns holding the GROUP BY keys (`__g0`, ...).
+    """
+
+    partial_sql: str
+    merge_sql: str
+    departments: frozenset[str]
+    output_names: tuple[str, ...]
+    unit_columns: tuple[str, ...]
+    partial_columns: tuple[str, ...]
+    group_columns: tuple[str, ...]
+
+
+@dataclass
+class _Aggregate:
+    """One distinct aggregate of the query, its partial pieces and its merge expression."""
+
+    pieces: list[tuple[str, str]]  # (partial column, partial SQL expression)
+    merged: str
+    window: list[tuple[str, str]]  # (column, window expression) computed before the merge
+
+
+def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
+    """Plan a checked query as per-shard partials and a merge.
+
+    Args:
+        parsed: the output of `policies.sqlfront.parse_query`.
+        catalog: the federation's logical tables (schemas, privacy units, holders).
+
+    Returns:
+        The plan.
+
+    Raises:
+        UnknownTableError: a table of the query is not in `catalog`.
+        UnsupportedQueryError: a table has no holders, or a join needs rows from more than one
+            department (the message names the tables and departments).
+    """
+    tree = parsed.tree.copy()
+    refs = table_refs(tree)
+    infos: dict[str, TableInfo] = {}
+    for name in refs.values():
+        info = catalog.get(name)
+        if info is None:
+            raise UnknownTableError(f"unknown table '{name}'")
+        if not info.holders:
+            raise UnsupportedQueryError(f"table '{name}' has no holders in the federation")
+        infos[name] = info
+    departments = frozenset().union(*(i.holders for i in infos.values()))
+    if (len(infos) > 1 and not all(len(i.holders) == 1 for i in infos.values())) or (
+        len(infos) > 1 and len(departments) != 1
+    ):
+        held = "; ".join(
+            f"'{n}' held by {', '.join(sorted(i.holders))}" for n, i in sorted(infos.items())
+        )
+        raise UnsupportedQueryError(
+            f"joins are supported only between tables held entirely by one department ({held})"
+        )
+    from_ref = next(iter(refs))
+    unit_sql = exp.column(infos[refs[from_ref]].privacy_unit, table=from_ref).sql(dialect=DIALECT)
+    column_types = _column_types(refs, infos)
+    columns = frozenset(c for c in column_types if "." not in c)
+    single = refs[from_ref] if len(refs) == 1 else None
+
+    keys = resolve_group_keys(tree, columns)
+    key_index: dict[str, int] = {}
+    for j, key in enumerate(keys):
+        key_index.setdefault(expression_key(key, single), j)
+    group_columns = tuple(f"__g{j}" for j in range(len(keys)))
+
+    aggregates: dict[str, _Aggregate] = {}
+    filters: dict[str, str] = {}  # aggregate key -> unit column of its FILTER
+    for node in _aggregate_nodes(tree):
+        agg_key = expression_key(node, single)
+        if agg_key in aggregates:
+            continue
+        i = len(aggregates)
+        aggregates[agg_key] = _decompose(node, i, column_types, group_columns)
+        if isinstance(node, exp.Filter):
+            filters[agg_key] = f"{UNITS_COLUMN}_{i}"
+
+    # --- partial -------------------------------------------------------------------------
+    items = [
+        f"{key.sql(dialect=DIALECT)} AS {column}"
+        for key, column in zip(keys, group_columns, strict=True)
+    ]
+    partial_columns = list(group_columns)
+    for agg in aggregates.values():
+        for column, sql in agg.pieces:
+            items.append(f"{sql} AS {column}")
+            partial_columns.append(column)
+    items.append(f"count(DISTINCT {unit_sql}) AS {UNITS_COLUMN}")
+    partial_columns.append(UNITS_COLUMN)
+    unit_columns = [UNITS_COLUMN]
+    for agg_key, column in filters.items():
+        node = next(n for n in _aggregate_nodes(tree) if expression_key(n, single) == agg_key)
+        condition = node.expression.this.sql(dialect=DIALECT)
+        items.append(f"count(DISTINCT {unit_sql}) FILTER (WHERE {condition}) AS {column}")
+        partial_columns.append(column)
+        unit_columns.append(column)
+    from_sql = _from_sql(tree)
+    partial_sql = f"SELECT {', '.join(items)} FROM {from_sql}"
+    if keys:
+        partial_sql += " GROUP BY " + ", ".join(k.sql(dialect=DIALECT) for k in keys)
+
+    # --- merge ---------------------------------------------------------------------------
+    def rewrite(node: exp.Expr) -> exp.Expr:
+        if is_aggregate(node):
+            merged = aggregates[expression_key(node, single)].merged
+            return exp.Paren(this=exp.maybe_parse(merged, dialect=DIALECT))
+        j = key_index.get(expression_key(node, single))
+        if j is not None:
+            return exp.column(group_columns[j])
+        new = node.copy()
+        for child in list(new.iter_expressions()):
+            child.replace(rewrite(child))
+        return new
+
+    outputs: list[str] = []
+    alias_exprs: dict[str, exp.Expr] = {}
+    for output in tree.expressions:
+        assert isinstance(output, exp.Alias)  # the canonical form aliases every output
+        rewritten = rewrite(output.this)
+        alias_exprs.setdefault(str(output.alias).lower(), rewritten)
+        outputs.append(f"{rewritten.sql(dialect=DIALECT)} AS {output.args['alias'].sql()}")
+
+    def rewrite_post(node: exp.Expr) -> exp.Expr:
+        # HAVING may name an output alias where no column of that name is a group key.
+        if (
+            isinstance(node, exp.Column)
+            and not node.table
+            and expression_key(node, single) not in key_index
+            and str(node.name).lower() in alias_exprs
+        ):
+            return exp.Paren(this=alias_exprs[str(node.name).lower()].copy())
+        if is_aggregate(node) or expression_key(node, single) in key_index:
+            return rewrite(node)
+        new = node.copy()
+        for child in list(new.iter_expressions()):
+            child.replace(rewrite_post(child))
+        return new
+
+    window_items = [w for agg in aggregates.values() for w in agg.window]
+    source = PARTIALS_RELATION
+    if window_items:
+        extra = ", ".join(f"{sql} AS {column}" for column, sql in window_items)
+        source = f"(SELECT *, {extra} FROM {PARTIALS_RELATION}) AS {PARTIALS_RELATION}"
+    merge_sql = f"SELECT {', '.join(outputs)} FROM {source}"
+    if keys:
+        merge_sql += " GROUP BY " + ", ".join(group_columns)
+    having = tree.args.get("having")
+    if having is not None:
+        merge_sql += " HAVING " + rewrite_post(having.this).sql(dialect=DIALECT)
+    order = tree.args.get("order")
+    if order is not None:
+        terms = []
+        for ordered in order.expressions:
+            item = ordered.this
+            if (isinstance(item, exp.Literal) and not item.is_string) or (
+                isinstance(item, exp.Column)
+                and not item.table
+                and expression_key(item, single) not in key_index
+                and str(item.name).lower() in alias_exprs
+            ):
+                target: exp.Expr = (
+                    item.copy()
+                )  # an ordinal or an output alias: valid in the merge as is
+            else:
+                target = rewrite(item)
+            new = ordered.copy()
+            new.set("this", target)
+            terms.append(new.sql(dialect=DIALECT))
+        merge_sql += " ORDER BY " + ", ".join(terms)
+    limit = tree.args.get("limit")
+    if limit is not None:
+        merge_sql += " " + limit.sql(dialect=DIALECT)
+
+    return FederatedPlan(
+        partial_sql=partial_sql,
+        merge_sql=merge_sql,
+        departments=departments,
+        output_names=parsed.output_names,
+        unit_columns=tuple(unit_columns),
+        partial_columns=tuple(partial_columns),
+        group_columns=group_columns,
+    )
+
+
+def _column_types(refs: Mapping[str, str], infos: Mapping[str, TableInfo]) -> dict[str, str]:
+    types: dict[str, str] = {}
+    for ref, name in refs.items():
+        for column, type_name in infos[name].columns.items():
+            types.setdefault(column.lower(), type_name.upper())
+            types[f"{ref}.{column.lower()}"] = type_name.upper()
+    return types
+
+
+def _from_sql(tree: exp.Select) -> str:
+    from_ = tree.args.get("from_") or tree.args.get("from")
+    assert from_ is not None  # the SQL front refuses queries without FROM
+    text: str = from_.this.sql(dialect=DIALECT)
+    for join in tree.args.get("joins") or []:
+        text += " " + join.sql(dialect=DIALECT)
+    where = tree.args.get("where")
+    if where is not None:
+        text += " " + where.sql(dialect=DIALECT)
+    return text
+
+
+def _aggregate_nodes(tree: exp.Select) -> list[exp.Expr]:
+    """Every aggregate (FILTER included) in outputs, HAVING and ORDER BY, outermost first."""
+    found: list[exp.Expr] = []
+    roots: list[exp.Expr] = list(tree.expressions)
+    for clause in ("having", "order"):
+        part = tree.args.get(clause)
+        if part is not None:
+            roots.append(part)
+    for root in roots:
+        for node in root.walk():
+            if is_aggregate(node) and not (
+                isinstance(node.parent, exp.Filter) and node.parent.this is node
+            ):
+                found.append(node)
+    return found
+
+
+def _is_integral(node: exp.Expr, types: Mapping[str, str]) -> bool:
+    """Whether `node` is of an integer type, for the supported scalar core (else False)."""
+    if isinstance(node, exp.Column):
+        name = str(node.name).lower()
+        key = f"{str(node.table).lower()}.{name}" if node.table else name
+        return types.get(key, "").split("(")[0] in _INTEGER_TYPES
+    if isinstance(node, exp.Literal):
+        return not node.is_string and str(node.this).isdigit()
+    if isinstance(node, exp.Null):
+        return True
+    if isinstance(node, (exp.Paren, exp.Neg, exp.Abs)):
+        return _is_integral(node.this, types)
+    if isinstance(node, (exp.Add, exp.Sub, exp.Mul, exp.Mod, exp.IntDiv)):
+        return _is_integral(node.this, types) and _is_integral(node.expression, types)
+    if isinstance(node, exp.Case):
+        branches = [i.args["true"] for i in node.args.get("ifs") or []]
+        if node.args.get("default") is not None:
+            branches.append(node.args["default"])
+        return bool(branches) and all(_is_integral(b, types) for b in branches)
+    if isinstance(node, exp.If):
+        branches = [node.args["true"]]
+        if node.args.get("false") is not None:
+            branches.append(node.args["false"])
+        return all(_is_integral(b, types) for b in branches)
+    if isinstance(node, (exp.Cast, exp.TryCast)):
+        target = node.args.get("to")
+        return isinstance(target, exp.DataType) and target.is_type(*exp.DataType.INTEGER_TYPES)
+    if isinstance(node, (exp.Coalesce, exp.Least, exp.Greatest)):
+        return all(_is_integral(a, types) for a in [node.this, *node.expressions])
+    return False
+
+
+def _decompose(
+    node: exp.Expr, i: int, types: Mapping[str, str], group_columns: tuple[str, ...]
+) -> _Aggregate:
+    base = node.this if isinstance(node, exp.Filter) else node
+    suffix = ""
+    if isinstance(node, exp.Filter):
+        suffix = f" FILTER (WHERE {node.expression.this.sql(dialect=DIALECT)})"
+    arg = base.this
+    arg_sql = "*" if isinstance(arg, exp.Star) else arg.sql(dialect=DIALECT)
+    p = f"__a{i}"
+
+    def piece(function: str, argument: str = arg_sql) -> str:
+        return f"{function}({argument}){suffix}"
+
+    if isinstance(base, exp.Count):
+        return _Aggregate(
+            [(f"{p}_n", piece("count"))], f"CAST(COALESCE(sum({p}_n), 0) AS BIGINT)", []
+        )
+    if isinstance(base, exp.Sum):
+        merged = f"sum({p}_s)"
+        if _is_integral(arg, types):
+            # The partial's HUGEINT arrives through Arrow as DECIMAL(38,0); DuckDB's SUM over
+            # integers is HUGEINT, so restore the type.
+            merged = f"CAST({merged} AS HUGEINT)"
+        return _Aggregate([(f"{p}_s", piece("sum"))], merged, [])
+    if isinstance(base, (exp.Min, exp.Max)):
+        function = "min" if isinstance(base, exp.Min) else "max"
+        return _Aggregate([(f"{p}_v", piece(function))], f"{function}({p}_v)", [])
+    if isinstance(base, exp.Avg):
+        merged = f"CASE WHEN sum({p}_n) > 0 THEN CAST(sum({p}_s) AS DOUBLE) / sum({p}_n) END"
+        return _Aggregate([(f"{p}_s", piece("sum")), (f"{p}_n", piece("count"))], merged, [])
+    as_double = f"CAST({arg_sql} AS DOUBLE)"
+    pieces = [
+        (f"{p}_n", piece("count")),
+        (f"{p}_m", piece("avg", as_double)),
+        (f"{p}_q", f"{piece('var_pop', as_double)} * {piece('count')}"),
+    ]
+    over = f"OVER (PARTITION BY {', '.join(group_columns)})" if group_columns else "OVER ()"
+    window = [(f"{p}_gm", f"sum({p}_n * {p}_m) {over} / NULLIF(sum({p}_n) {over}, 0)")]
+    n = f"sum({p}_n)"
+    m2 = f"(sum({p}_q) + COALESCE(sum({p}_n * ({p}_m - {p}_gm) * ({p}_m - {p}_gm)), 0))"
+    kinds: dict[type[exp.Expr], Callable[[], str]] = {
+        exp.VariancePop: lambda: f"CASE WHEN {n} > 0 THEN {m2} / {n} END",
+        exp.Variance: lambda: f"CASE WHEN {n} > 1 THEN {m2} / ({n} - 1) END",
+        exp.StddevPop: lambda: f"CASE WHEN {n} > 0 THEN sqrt(greatest({m2} / {n}, 0)) END",
+        exp.StddevSamp: lambda: f"CASE WHEN {n} > 1 THEN sqrt(greatest({m2} / ({n} - 1), 0)) END",
+        exp.Stddev: lambda: f"CASE WHEN {n} > 1 THEN sqrt(greatest({m2} / ({n} - 1), 0)) END",
+    }
+    make = kinds.get(type(base))
+    if make is None:
+        raise UnsupportedQueryError(f"aggregate {type(base).__name__} cannot be planned")
+    return _Aggregate(pieces, make(), window)
+
+
+def merge_partials(
+    plan: FederatedPlan, partials: Mapping[str, pa.Table], engine: MergeEngine
+) -> EngineResult:
+    """Stack every department's partial and run the plan's merge.
+
+    Args:
+        plan: the plan the partials were computed for.
+        partials: department name to that department's partial result.
+        engine: runs the merge SQL over the stacked partials.
+
+    Returns:
+        The merged result and its DuckDB column types.
+
+    Raises:
+        MissingPartialError: a department in `plan.departments` sent no partial.
+        InvalidInputError: a partial came from a department the plan does not expect.
+        SchemaMismatchError: a partial's columns are not the plan's partial columns, or the
+            partials' column types differ.
+    """
+    missing = plan.departments - set(partials)
+    if missing:
+        raise MissingPartialError(f"no partial from department(s) {', '.join(sorted(missing))}")
+    unexpected = set(partials) - plan.departments
+    if unexpected:
+        raise InvalidInputError(
+            f"partial(s) from department(s) the plan does not expect: "
+            f"{', '.join(sorted(unexpected))}"
+        )
+    stacked: list[pa.Table] = []
+    for department in sorted(partials):
+        table = partials[department]
+        if tuple(table.column_names) != plan.partial_columns:
+            raise SchemaMismatchError(
+                f"the partial from {department} does not have the plan's columns"
+            )
+        label = pa.repeat(pa.scalar(department, pa.string()), table.num_rows)
+        stacked.append(table.append_column(DEPARTMENT_COLUMN, label))
+    try:
+        union = pa.concat_tables(stacked, promote_options="default")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        raise SchemaMismatchError("the departments' partials have different column types") from None
+    return engine.run(plan.merge_sql, {PARTIALS_RELATION: union})

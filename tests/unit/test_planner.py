@@ -1,0 +1,185 @@
+"""Planner and merge: who must answer, what is refused, and the merge's checks."""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from dataisland.catalog import TableInfo
+from dataisland.errors import (
+    ExecutionError,
+    InvalidInputError,
+    MissingPartialError,
+    SchemaMismatchError,
+    UnknownTableError,
+    UnsupportedQueryError,
+)
+from enclave.engine import DuckDBMergeEngine, EngineResult, run_partial
+from enclave.planner import merge_partials, plan_query
+from policies.sqlfront import parse_query
+
+CATALOG = {
+    "claims": TableInfo(
+        "claims",
+        {"pid": "INTEGER", "cat": "VARCHAR", "n": "INTEGER"},
+        "pid",
+        frozenset({"qingpu", "wujiang", "jiashan"}),
+    ),
+    "people": TableInfo(
+        "people", {"pid": "INTEGER", "age": "INTEGER"}, "pid", frozenset({"qingpu"})
+    ),
+    "visits": TableInfo(
+        "visits", {"pid": "INTEGER", "site": "VARCHAR"}, "pid", frozenset({"qingpu"})
+    ),
+    "orphan": TableInfo("orphan", {"pid": "INTEGER"}, "pid", frozenset()),
+}
+
+
+def _plan(sql: str):  # type: ignore[no-untyped-def]
+    return plan_query(parse_query(sql, catalog=CATALOG), CATALOG)
+
+
+def test_departments_are_the_holders() -> None:
+    plan = _plan("SELECT count(*) FROM claims")
+    assert plan.departments == frozenset({"qingpu", "wujiang", "jiashan"})
+    assert plan.unit_columns == ("__units",)
+
+
+def test_filter_cells_carry_their_own_unit_counts() -> None:
+    plan = _plan("SELECT cat, count(*) FILTER (WHERE n > 1), sum(n) FROM claims GROUP BY cat")
+    assert plan.unit_columns == ("__units", "__units_0")
+    assert "count(DISTINCT claims.pid) FILTER (WHERE n > 1) AS __units_0" in plan.partial_sql
+
+
+def test_cross_department_join_is_refused_naming_tables_and_departments() -> None:
+    with pytest.raises(UnsupportedQueryError) as caught:
+        _plan("SELECT count(*) FROM claims JOIN people ON claims.pid = people.pid")
+    message = str(caught.value)
+    assert "'claims' held by jiashan, qingpu, wujiang" in message
+    assert "'people' held by qingpu" in message
+
+
+def test_table_without_holders_is_refused() -> None:
+    with pytest.raises(UnsupportedQueryError, match="orphan"):
+        _plan("SELECT count(*) FROM orphan")
+
+
+def test_unknown_table_at_plan_time() -> None:
+    parsed = parse_query("SELECT count(*) FROM claims")
+    with pytest.raises(UnknownTableError, match="claims"):
+        plan_query(parsed, {})
+
+
+def test_single_department_join_runs_whole_query_on_that_department() -> None:
+    plan = _plan(
+        "SELECT v.site, count(*) AS c, avg(p.age) AS a FROM visits AS v "
+        "JOIN people AS p ON v.pid = p.pid WHERE p.age > 1 GROUP BY v.site ORDER BY v.site"
+    )
+    assert plan.departments == frozenset({"qingpu"})
+    assert "count(DISTINCT v.pid) AS __units" in plan.partial_sql
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE people AS SELECT * FROM (VALUES (1, 30), (2, 40), (3, 0)) AS t(pid, age)"
+    )
+    con.execute(
+        "CREATE TABLE visits AS SELECT * FROM (VALUES (1, 'x'), (1, 'y'), (2, 'x'), "
+        "(3, 'x')) AS t(pid, site)"
+    )
+    partial = run_partial(plan, con)
+    got = merge_partials(plan, {"qingpu": partial.table}, DuckDBMergeEngine())
+    want = con.sql(
+        "SELECT v.site, count(*) AS c, avg(p.age) AS a FROM visits AS v "
+        "JOIN people AS p ON v.pid = p.pid WHERE p.age > 1 GROUP BY v.site ORDER BY v.site"
+    ).to_arrow_table()
+    assert got.table.equals(want)
+    assert partial.table.column("__units").to_pylist() == [2, 1]
+
+
+def _partials(plan, departments):  # type: ignore[no-untyped-def]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE claims (pid INTEGER, cat VARCHAR, n INTEGER)")
+    table = run_partial(plan, con).table
+    return dict.fromkeys(departments, table)
+
+
+def test_missing_partial_is_named() -> None:
+    plan = _plan("SELECT count(*) FROM claims")
+    with pytest.raises(MissingPartialError, match="wujiang"):
+        merge_partials(plan, _partials(plan, ["qingpu", "jiashan"]), DuckDBMergeEngine())
+
+
+def test_unexpected_partial_is_refused() -> None:
+    plan = _plan("SELECT count(*) FROM claims")
+    partials = _partials(plan, ["qingpu", "jiashan", "wujiang", "mallory"])
+    with pytest.raises(InvalidInputError, match="mallory"):
+        merge_partials(plan, partials, DuckDBMergeEngine())
+
+
+def test_partial_with_wrong_columns_is_refused() -> None:
+    plan = _plan("SELECT count(*) FROM claims")
+    partials = _partials(plan, ["qingpu", "jiashan", "wujiang"])
+    partials["qingpu"] = pa.table({"x": [1]})
+    with pytest.raises(SchemaMismatchError, match="qingpu"):
+        merge_partials(plan, partials, DuckDBMergeEngine())
+
+
+def test_partials_with_different_types_are_refused() -> None:
+    plan = _plan("SELECT count(*) FROM claims")
+    partials = _partials(plan, ["qingpu", "jiashan", "wujiang"])
+    partials["qingpu"] = pa.table({"__a0_n": ["one"], "__units": [1]})
+    with pytest.raises(SchemaMismatchError):
+        merge_partials(plan, partials, DuckDBMergeEngine())
+
+
+def test_merge_engine_is_locked_down_and_hides_duckdb_messages() -> None:
+    engine = DuckDBMergeEngine()
+    with pytest.raises(ExecutionError) as caught:
+        engine.run("SELECT * FROM read_csv('/etc/hostname')")
+    assert "hostname" not in str(caught.value)
+    with pytest.raises(ExecutionError):
+        engine.run("SET enable_external_access = true")
+    result = engine.run("SELECT 1::HUGEINT AS h, 1.5::DECIMAL(38,2) AS d")
+    assert isinstance(result, EngineResult)
+    assert result.types == ("HUGEINT", "DECIMAL(38,2)")
+
+
+def test_order_by_aggregate_expression_and_having_alias() -> None:
+    sql = (
+        "SELECT cat, sum(n) AS total FROM claims GROUP BY cat HAVING total > 1 "
+        "ORDER BY count(*) DESC, cat LIMIT 2"
+    )
+    plan = _plan(sql)
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE claims AS SELECT * FROM (VALUES (1, 'a', 1), (2, 'a', 5), "
+        "(3, 'b', 2), (4, 'c', 9), (5, 'c', 1), (6, 'c', 1)) AS t(pid, cat, n)"
+    )
+    partial = run_partial(plan, con).table
+    empty = partial.slice(0, 0)
+    got = merge_partials(
+        plan, {"qingpu": partial, "wujiang": empty, "jiashan": partial}, DuckDBMergeEngine()
+    )
+    con.execute("INSERT INTO claims SELECT * FROM claims")
+    want = con.sql(sql).to_arrow_table()
+    assert got.table.to_pylist() == want.to_pylist()
+    assert got.table.to_pylist()[0]["cat"] == "c"
+
+
+def test_aggregates_differing_only_in_string_case_are_not_merged() -> None:
+    sql = (
+        "SELECT count(*) FILTER (WHERE cat = 'A') AS upper_a, "
+        "count(*) FILTER (WHERE cat = 'a') AS lower_a, COUNT(*) AS c1, count(*) AS c2 FROM claims"
+    )
+    plan = _plan(sql)
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE claims AS SELECT * FROM (VALUES (1, 'a', 1), (2, 'A', 5), "
+        "(3, 'a', 2)) AS t(pid, cat, n)"
+    )
+    partial = run_partial(plan, con).table
+    got = merge_partials(
+        plan, dict.fromkeys(("qingpu", "wujiang", "jiashan"), partial), DuckDBMergeEngine()
+    )
+    assert got.table.to_pylist() == [{"upper_a": 3, "lower_a": 6, "c1": 9, "c2": 9}]
+    assert plan.partial_sql.count("count(*) AS") == 1  # identical aggregates share one piece

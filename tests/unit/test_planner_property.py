@@ -1,0 +1,277 @@
+"""Property: the federated answer (three shards' partials, merged) equals DuckDB over the union."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dataisland.catalog import TableInfo
+from enclave.engine import DuckDBMergeEngine, run_partial
+from enclave.planner import merge_partials, plan_query
+from policies.sqlfront import parse_query
+
+COLUMNS = {
+    "pid": "INTEGER",
+    "cat": "VARCHAR",
+    "d": "DATE",
+    "n": "INTEGER",
+    "amt": "DECIMAL(18,2)",
+    "x": "DOUBLE",
+}
+SCHEMA = pa.schema(
+    [
+        ("pid", pa.int32()),
+        ("cat", pa.string()),
+        ("d", pa.date32()),
+        ("n", pa.int32()),
+        ("amt", pa.decimal128(18, 2)),
+        ("x", pa.float64()),
+    ]
+)
+DEPARTMENTS = ("qingpu", "wujiang", "jiashan")
+CATALOG = {"claims": TableInfo("claims", COLUMNS, "pid", frozenset(DEPARTMENTS))}
+
+# (SQL, how to compare, input expression for the tolerance bound)
+AGGREGATES: list[tuple[str, str, str | None]] = [
+    ("count(*)", "exact", None),
+    ("count(n)", "exact", None),
+    ("count(cat)", "exact", None),
+    ("sum(n)", "exact", None),
+    ("sum(amt)", "exact", None),
+    ("sum(n * 2 - pid)", "exact", None),
+    ("sum(CASE WHEN cat = 'a' THEN amt ELSE 0 END)", "exact", None),
+    ("sum(x)", "avg", "x"),
+    ("min(d)", "exact", None),
+    ("max(d)", "exact", None),
+    ("min(amt)", "exact", None),
+    ("max(n)", "exact", None),
+    ("min(cat)", "exact", None),
+    ("max(x)", "exact", None),
+    ("avg(n)", "avg", "n"),
+    ("avg(amt)", "avg", "amt"),
+    ("avg(x)", "avg", "x"),
+    ("avg(x - n)", "avg", "x - n"),
+    ("variance(x)", "var", "x"),
+    ("variance(n)", "var", "n"),
+    ("var_pop(amt)", "var", "amt"),
+    ("var_pop(x)", "var", "x"),
+    ("stddev(amt)", "std", "amt"),
+    ("stddev_samp(n)", "std", "n"),
+    ("stddev_pop(x)", "std", "x"),
+    ("sum(n) + count(*)", "exact", None),
+    ("count(*) * 2 - count(n)", "exact", None),
+]
+FILTERS = [
+    "n > 0",
+    "cat IN ('a', 'b')",
+    "d BETWEEN DATE '2020-03-01' AND DATE '2020-09-30'",
+    "x IS NOT NULL AND amt < 0",
+    "cat LIKE 'a%' OR n IS NULL",
+]
+GROUP_KEYS = [
+    "cat",
+    "date_trunc('month', d)",
+    "CASE WHEN n < 0 THEN 'neg' WHEN n < 20 THEN 'low' ELSE 'high' END",
+    "n % 7",
+    "pid",
+    "year(d)",
+]
+WHERES = [
+    "n >= -10",
+    "d >= DATE '2020-01-01' + INTERVAL 2 MONTH",
+    "cat IS NOT NULL",
+    "amt BETWEEN -500 AND 500",
+    "NOT (x < 0)",
+]
+HAVINGS = ["count(*) > 1", "sum(n) > 0", "count(*) >= 1 AND min(pid) < 10"]
+
+
+def _mostly(values: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    # NULL in about one value of five: enough NULL groups and NULL inputs, enough data left.
+    return st.one_of(values, values, values, values, st.none())
+
+
+dates = _mostly(st.dates(dt.date(2019, 11, 1), dt.date(2021, 2, 28)))
+doubles = st.one_of(
+    st.integers(-(10**6), 10**6).map(lambda v: v / 64),
+    st.floats(-1e4, 1e4, allow_nan=False),
+)
+rows = st.tuples(
+    st.integers(1, 15),
+    _mostly(st.sampled_from(["a", "a", "a", "b", "c", "ab"])),
+    dates,
+    _mostly(st.integers(-100, 100)),
+    _mostly(st.integers(-(10**8), 10**8).map(lambda v: Decimal(v) / 100)),
+    _mostly(doubles),
+)
+# Empty shards, small shards, and larger ones that put many rows in the same groups.
+shard = st.one_of(
+    st.just([]), st.lists(rows, min_size=1, max_size=8), st.lists(rows, min_size=8, max_size=40)
+)
+
+
+def _table(data: list[tuple[Any, ...]]) -> pa.Table:
+    columns = list(zip(*data, strict=True)) if data else [[] for _ in SCHEMA]
+    return pa.table(
+        [pa.array(list(c), type=f.type) for c, f in zip(columns, SCHEMA, strict=True)],
+        schema=SCHEMA,
+    )
+
+
+def _connection(table: pa.Table) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone='UTC'")
+    con.register("__load", table)
+    con.execute("CREATE TABLE claims AS SELECT * FROM __load")
+    con.unregister("__load")
+    return con
+
+
+@st.composite
+def queries(draw: st.DrawFn) -> tuple[str, list[tuple[str, str | None]], bool]:
+    keys = draw(st.lists(st.sampled_from(GROUP_KEYS), max_size=2, unique=True))
+    aggs = draw(st.lists(st.sampled_from(AGGREGATES), min_size=1, max_size=5))
+    outputs: list[str] = []
+    specs: list[tuple[str, str | None]] = []
+    for j, key in enumerate(keys):
+        outputs.append(f"{key} AS k{j}" if draw(st.booleans()) or "(" in key else key)
+        specs.append(("key", None))
+    for i, (sql, kind, bound) in enumerate(aggs):
+        filt = draw(st.one_of(st.none(), st.sampled_from(FILTERS)))
+        text = sql
+        if filt is not None and "+" not in sql and "*" not in sql.replace("count(*)", ""):
+            text = f"{sql} FILTER (WHERE {filt})"
+        if draw(st.booleans()):
+            text = f"{text} AS v{i}"
+        outputs.append(text)
+        specs.append((kind, bound))
+    query = f"SELECT {', '.join(outputs)} FROM claims"
+    where = draw(st.one_of(st.none(), st.sampled_from(WHERES)))
+    if where:
+        query += f" WHERE {where}"
+    if keys:
+        query += " GROUP BY " + ", ".join(
+            str(j + 1) if draw(st.booleans()) else key for j, key in enumerate(keys)
+        )
+    having = draw(st.one_of(st.none(), st.sampled_from(HAVINGS)))
+    if having:
+        query += f" HAVING {having}"
+    ordered = bool(keys) and draw(st.booleans())
+    if ordered:
+        direction = draw(st.sampled_from(["", " DESC", " NULLS FIRST", " DESC NULLS LAST"]))
+        query += " ORDER BY " + ", ".join(f"{j + 1}{direction}" for j in range(len(keys)))
+        if draw(st.booleans()):
+            query += f" LIMIT {draw(st.integers(0, 6))}"
+    elif not keys and draw(st.booleans()):
+        query += " LIMIT 1"
+    return query, specs, ordered or not keys
+
+
+def _bounds(union: duckdb.DuckDBPyConnection, expr: str, where: str) -> tuple[float, float]:
+    row = union.sql(
+        f"SELECT COALESCE(sum(abs(CAST({expr} AS DOUBLE))), 0), "
+        f"COALESCE(sum(CAST({expr} AS DOUBLE) * CAST({expr} AS DOUBLE)), 0) FROM claims{where}"
+    ).fetchall()[0]
+    return float(row[0]), float(row[1])
+
+
+def _close(got: Any, want: Any, kind: str, bound: tuple[float, float]) -> bool:
+    if got is None or want is None:
+        return got is None and want is None
+    if kind in ("exact", "key"):
+        if isinstance(want, float) and math.isnan(want):
+            return isinstance(got, float) and math.isnan(got)
+        return bool(got == want) and type(got) is type(want)
+    tolerance = 1e-9 * (bound[0] if kind == "avg" else bound[1]) + 1e-12
+    if kind == "std":
+        return abs(float(got) ** 2 - float(want) ** 2) <= tolerance
+    return abs(float(got) - float(want)) <= tolerance
+
+
+@settings(max_examples=90, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shards=st.tuples(shard, shard, shard), query=queries())
+def test_federated_answer_equals_duckdb_over_the_union(
+    shards: tuple[list[Any], list[Any], list[Any]],
+    query: tuple[str, list[tuple[str, str | None]], bool],
+) -> None:
+    sql, specs, ordered = query
+    tables = [_table(s) for s in shards]
+    union = _connection(pa.concat_tables(tables))
+    parsed = parse_query(sql, catalog=CATALOG)
+    plan = plan_query(parsed, CATALOG)
+    partials = {}
+    for department, table in zip(DEPARTMENTS, tables, strict=True):
+        con = _connection(table)
+        partials[department] = run_partial(plan, con).table
+        con.close()
+    got = merge_partials(plan, partials, DuckDBMergeEngine())
+    expected_relation = union.sql(sql)
+    expected_types = tuple(str(t) for t in expected_relation.types)
+    expected = expected_relation.to_arrow_table()
+
+    assert got.table.column_names == expected.column_names
+    assert got.types == expected_types
+    # Column-wise: outputs may share a name (SELECT count(*), count(*)).
+    got_rows = list(zip(*(c.to_pylist() for c in got.table.columns), strict=True))
+    want_rows = list(zip(*(c.to_pylist() for c in expected.columns), strict=True))
+    assert len(got_rows) == len(want_rows)
+    if not ordered:
+        key_positions = [i for i, (kind, _) in enumerate(specs) if kind == "key"]
+
+        def sort_key(row: tuple[Any, ...]) -> tuple[tuple[bool, str], ...]:
+            return tuple((row[i] is None, repr(row[i])) for i in key_positions)
+
+        got_rows.sort(key=sort_key)
+        want_rows.sort(key=sort_key)
+    # Bounds over all rows are at least the bounds over any group or filter: still valid.
+    bounds = {i: _bounds(union, b, "") for i, (_, b) in enumerate(specs) if b is not None}
+    for got_row, want_row in zip(got_rows, want_rows, strict=True):
+        for i, (kind, _) in enumerate(specs):
+            assert _close(got_row[i], want_row[i], kind, bounds.get(i, (0.0, 0.0))), (
+                sql,
+                expected.column_names[i],
+                got_row,
+                want_row,
+            )
+    union.close()
+
+
+def test_global_aggregate_over_empty_shards_returns_one_row() -> None:
+    empty = _table([])
+    sql = "SELECT count(*), sum(n), avg(x), variance(x), min(d) FROM claims"
+    plan = plan_query(parse_query(sql, catalog=CATALOG), CATALOG)
+    partials = {}
+    for department in DEPARTMENTS:
+        con = _connection(empty)
+        partials[department] = run_partial(plan, con).table
+    got = merge_partials(plan, partials, DuckDBMergeEngine())
+    assert got.table.to_pylist() == [
+        {"count_star()": 0, "sum(n)": None, "avg(x)": None, "variance(x)": None, "min(d)": None}
+    ]
+    assert got.types == ("BIGINT", "HUGEINT", "DOUBLE", "DOUBLE", "DATE")
+
+
+def test_variance_merge_includes_the_between_shard_term() -> None:
+    # Known answer: shards {1, 2} and {10, 20}; var_samp over {1, 2, 10, 20} = 77.58333...
+    day = dt.date(2020, 1, 1)
+    shards = [
+        [(1, "a", day, 1, Decimal(1), 1.0), (2, "a", day, 2, Decimal(2), 2.0)],
+        [(3, "a", day, 10, Decimal(10), 10.0), (4, "a", day, 20, Decimal(20), 20.0)],
+        [],
+    ]
+    sql = "SELECT variance(x), stddev_pop(amt), var_pop(n) FROM claims"
+    plan = plan_query(parse_query(sql, catalog=CATALOG), CATALOG)
+    partials = {}
+    for department, rows_ in zip(DEPARTMENTS, shards, strict=True):
+        partials[department] = run_partial(plan, _connection(_table(rows_))).table
+    got = merge_partials(plan, partials, DuckDBMergeEngine()).table.to_pylist()[0]
+    assert abs(got["variance(x)"] - 77.58333333333333) < 1e-9
+    assert abs(got["stddev_pop(amt)"] ** 2 - 58.1875) < 1e-9
+    assert abs(got["var_pop(n)"] - 58.1875) < 1e-9
