@@ -1,0 +1,14 @@
+"""The audit log: RFC 9162 Merkle tree, C2SP checkpoints and cosignatures, storage, witness core,
+tlog-tiles export and offline verification.
+
+- `ledger.merkle`: hashing, tree, proofs, proof verification (pure);
+- `ledger.entries`: entry records in RFC 8785 canonical JSON (pure);
+- `ledger.note`, `ledger.checkpoint`: C2SP signed notes, checkpoints, cosignatures, quorum (pure);
+- `ledger.witness`: the tlog-witness add-checkpoint state transition (pure) and its state file;
+- `ledger.storage`: durable append-only entries and checkpoint history, group commit;
+- `ledger.tiles`, `ledger.verify`: the export tree and its offline verifier;
+- `ledger.errors`: the `LedgerError` family.
+
+docs/log-formats.md defines every byte format. This package imports neither enclave nor
+coordinator, runs no server and parses no command line: the coordinator and the CLI wire it.
+"""
