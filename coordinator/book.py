@@ -114,12 +114,17 @@ class QueryBook:
             )
         return record
 
-    def list(self, requester: str) -> list[QueryRecord]:
+    def of_requester(self, requester: str) -> list[QueryRecord]:
         """The requester's retained queries, newest first."""
         with self.lock:
             self._evict()
             mine = [r for r in self._by_id.values() if r.requester == requester]
         return sorted(mine, key=lambda r: (r.submitted_at, r.query_id), reverse=True)
+
+    def unfinished(self) -> list[QueryRecord]:
+        """Every query still running or pending."""
+        with self.lock:
+            return [r for r in self._by_id.values() if not r.finished]
 
     def finish(self, record: QueryRecord, state: int, **changes: object) -> bool:
         """Move `record` to final `state` unless it already is final; return whether it moved."""

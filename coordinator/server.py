@@ -1,7 +1,8 @@
-"""Wiring of the coordinator into a gRPC server from a node configuration file."""
+"""Wiring of the coordinator into a mutual-TLS gRPC server from a node configuration file."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 import grpc
@@ -9,23 +10,41 @@ import grpc
 from coordinator.book import QueryBook
 from coordinator.service import Coordinator
 from dataisland.federation import NodeConfig, load_federation
-from dataisland.rpc import insecure_channel, serve_until_signalled
+from dataisland.rpc import serve_until_signalled
+from dataisland.tls import Authenticator, KeyPair, secure_channel, server_credentials
 from dataisland.v1 import coordinator_pb2_grpc, enclave_pb2_grpc
 
 
 def serve_coordinator(config: NodeConfig) -> None:
     """Connect to every enclave and the aggregator and serve CoordinatorService until signalled.
 
+    Each outgoing channel pins the CA of the node it dials and checks that node's DNS SAN.
+
     Raises:
-        ConfigError: the configuration or federation file is unusable.
+        ConfigError: the configuration, federation file or TLS files are unusable.
     """
     federation = load_federation(config.federation)
+    authenticator = Authenticator(federation, clock=lambda: dt.datetime.now(dt.UTC))
+    own = KeyPair.of_node(config)
+    committee = federation.committee.name
     enclaves = {
-        name: enclave_pb2_grpc.EnclaveServiceStub(insecure_channel(entry.enclave))
+        name: enclave_pb2_grpc.EnclaveServiceStub(
+            secure_channel(
+                entry.enclave,
+                own=own,
+                server_ca_pem=authenticator.roots_pem([name]),
+                server_name=federation.dns_name("enclave", name),
+            )
+        )
         for name, entry in federation.departments.items()
     }
     aggregator = enclave_pb2_grpc.AggregatorServiceStub(
-        insecure_channel(federation.committee.aggregator)
+        secure_channel(
+            federation.committee.aggregator,
+            own=own,
+            server_ca_pem=authenticator.roots_pem([committee]),
+            server_name=federation.dns_name("aggregator", committee),
+        )
     )
     book = QueryBook(
         retention_seconds=config.retention_seconds,
@@ -34,6 +53,7 @@ def serve_coordinator(config: NodeConfig) -> None:
     )
     servicer = Coordinator(
         catalog=federation.catalog(),
+        authenticator=authenticator,
         enclaves=enclaves,
         aggregator=aggregator,
         query_timeout=config.query_timeout_seconds,
@@ -43,4 +63,8 @@ def serve_coordinator(config: NodeConfig) -> None:
     def register(server: grpc.Server) -> None:
         coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, server)
 
-    serve_until_signalled(register, config.listen, name="coordinator", on_stop=servicer.close)
+    # Requesters of every department (and later officers and auditors) call the coordinator.
+    credentials = server_credentials(own, client_roots_pem=authenticator.roots_pem())
+    serve_until_signalled(
+        register, config.listen, credentials=credentials, name="coordinator", on_stop=servicer.close
+    )

@@ -5,12 +5,14 @@ resolves logical tables to the departments holding shards, sends the requester's
 a plan) to each department enclave in parallel, hands the partials to the aggregator, and keeps
 query state for Get/Wait/List/Cancel. It never opens a partial: it forwards payloads as bytes.
 
-This module does not yet authenticate callers (Identities), run approvals (Policies) or append to
-the audit log (the audit log issue): `log_index` stays unset.
+Callers are named by their verified TLS certificate only; a requester sees and cancels only its
+own queries. This module does not yet run approvals (Policies) or append to the audit log (the
+audit log issue): `log_index` stays unset.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 import uuid
@@ -18,11 +20,14 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from coordinator.book import FINAL_STATES, QueryBook, QueryRecord
-from dataisland.canonical import QueryEnvelope, query_hash
+from dataisland.canonical import query_hash
 from dataisland.catalog import Catalog
+from dataisland.envelopes import check_signed_envelope
 from dataisland.errors import (
     DataislandError,
     InvalidInputError,
@@ -31,7 +36,9 @@ from dataisland.errors import (
     QueryDeadlineError,
     RequestIdReusedError,
 )
+from dataisland.identity import Principal
 from dataisland.rpc import error_from_rpc, guarded
+from dataisland.tls import Authenticator, require_role
 from dataisland.v1 import (
     common_pb2,
     coordinator_pb2,
@@ -48,8 +55,17 @@ DEFAULT_PAGE_SIZE = 1_000
 MAX_PAGE_SIZE = 10_000
 DEFAULT_WAIT_SECONDS = 30.0
 MAX_WAIT_SECONDS = 300.0
-DEV_REQUESTER = "dev:anonymous"
-"""Every caller's identity until mutual TLS names callers (the Identities issue)."""
+REQUESTER_ROLES = frozenset({"requester"})
+
+
+def _with_certificate(
+    signed: common_pb2.SignedEnvelope, certificate: x509.Certificate
+) -> common_pb2.SignedEnvelope:
+    """The envelope as enclaves receive it: with the requester's certificate attached."""
+    forwarded = common_pb2.SignedEnvelope()
+    forwarded.CopyFrom(signed)
+    forwarded.requester_certificate = certificate.public_bytes(serialization.Encoding.DER)
+    return forwarded
 
 
 def _timestamp(seconds: float | None) -> Timestamp | None:
@@ -82,6 +98,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self,
         *,
         catalog: Catalog,
+        authenticator: Authenticator,
         enclaves: Mapping[str, enclave_pb2_grpc.EnclaveServiceStub],
         aggregator: enclave_pb2_grpc.AggregatorServiceStub,
         query_timeout: float,
@@ -90,6 +107,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         workers: int = 8,
     ) -> None:
         self.catalog = catalog
+        self.authenticator = authenticator
         self.enclaves = dict(enclaves)
         self.aggregator = aggregator
         self.query_timeout = query_timeout
@@ -99,7 +117,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     def close(self) -> None:
         """Stop accepting work and cancel the running fan-outs."""
-        for record in self.book.list(DEV_REQUESTER):
+        for record in self.book.unfinished():
             record.cancel_requested.set()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
@@ -109,10 +127,14 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def SubmitQuery(
         self, request: coordinator_pb2.SubmitQueryRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.SubmitQueryResponse:
-        requester = DEV_REQUESTER
-        if not request.envelope.envelope:
-            raise InvalidInputError("envelope is empty")
-        envelope = QueryEnvelope.from_bytes(request.envelope.envelope)
+        principal, certificate = self._requester(context, "SubmitQuery")
+        requester = principal.spiffe_id
+        checked = check_signed_envelope(
+            request.envelope,
+            signer=certificate,
+            now=dt.datetime.fromtimestamp(self.clock(), dt.UTC),
+        )
+        envelope = checked.envelope
         digest = envelope.digest()
         existing = self.book.find_request(requester, envelope.request_id)
         if existing is not None:
@@ -126,7 +148,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
             requester=requester,
             request_id=envelope.request_id,
             envelope_digest=digest,
-            envelope=request.envelope,
+            envelope=_with_certificate(request.envelope, certificate),
             purpose=envelope.purpose,
             canonical_sql=parsed.canonical_sql,
             query_hash=query_hash(parsed.canonical_sql).hex(),
@@ -142,7 +164,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def GetResult(
         self, request: coordinator_pb2.GetResultRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.GetResultResponse:
-        record = self.book.get(DEV_REQUESTER, request.query_id)
+        record = self.book.get(self._requester(context, "GetResult")[0].spiffe_id, request.query_id)
         status, page = (
             self._status(record),
             self._page(record, request.page_size, request.page_token),
@@ -153,7 +175,9 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def WaitResult(
         self, request: coordinator_pb2.WaitResultRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.WaitResultResponse:
-        record = self.book.get(DEV_REQUESTER, request.query_id)
+        record = self.book.get(
+            self._requester(context, "WaitResult")[0].spiffe_id, request.query_id
+        )
         wait = request.timeout_ms / 1000 if request.timeout_ms else DEFAULT_WAIT_SECONDS
         wait = min(wait, MAX_WAIT_SECONDS)
         remaining = context.time_remaining()
@@ -168,7 +192,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def ListQueries(
         self, request: coordinator_pb2.ListQueriesRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.ListQueriesResponse:
-        records = self.book.list(DEV_REQUESTER)
+        records = self.book.of_requester(self._requester(context, "ListQueries")[0].spiffe_id)
         start, end = _page_bounds(request.page_size, request.page_token, len(records))
         return coordinator_pb2.ListQueriesResponse(
             queries=[self._status(r) for r in records[start:end]],
@@ -179,7 +203,9 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def CancelQuery(
         self, request: coordinator_pb2.CancelQueryRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.CancelQueryResponse:
-        record = self.book.get(DEV_REQUESTER, request.query_id)
+        record = self.book.get(
+            self._requester(context, "CancelQuery")[0].spiffe_id, request.query_id
+        )
         record.cancel_requested.set()
         self.book.finish(
             record,
@@ -187,6 +213,13 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
             error=common_pb2.ErrorDetail(code="CANCELLED", message="cancelled by the requester"),
         )
         return coordinator_pb2.CancelQueryResponse(status=self._status(record))
+
+    def _requester(
+        self, context: grpc.ServicerContext, rpc: str
+    ) -> tuple[Principal, x509.Certificate]:
+        principal, certificate = self.authenticator.caller(context)
+        require_role(principal, REQUESTER_ROLES, rpc=rpc)
+        return principal, certificate
 
     # -- the fan-out ----------------------------------------------------------------------------
 

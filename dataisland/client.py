@@ -1,13 +1,15 @@
 """The Python client a department service uses to ask the federation a question.
 
     from dataisland.client import Client
-    with Client("127.0.0.1:7100") as client:
+    with Client.from_federation("fed/", identity="qingpu/requester/analyst") as client:
         print(client.query("SELECT count(*) AS n FROM claims", purpose="monthly report").rows)
 
+A deployed service names its own files instead: `Client(address, certificate=..., key=...,
+server_ca=..., server_name=...)`. Every call is mutual TLS with the requester's certificate.
 `query` builds the envelope (raw SQL, a salted commitment to the typed parameters, purpose,
-request id, time), submits it, waits, reassembles every page and checks the reassembled result
-against the digest the aggregator computed. Failures raise `QueryFailedError` with the gRPC
-status name and the server's message. This module does not sign envelopes yet (Identities).
+request id, time), signs it with the certificate's key, submits it, waits, reassembles every
+page and checks the reassembled result against the digest the aggregator computed. Failures
+raise `QueryFailedError` with the gRPC status name and the server's message.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -30,8 +33,12 @@ from dataisland.canonical import (
     new_salt,
     params_commitment,
 )
-from dataisland.errors import DataislandError
-from dataisland.rpc import error_from_rpc, insecure_channel
+from dataisland.envelopes import sign
+from dataisland.errors import ConfigError, DataislandError
+from dataisland.federation import load_federation
+from dataisland.identity import credential_paths, load_private_key
+from dataisland.rpc import error_from_rpc
+from dataisland.tls import KeyPair, secure_channel
 from dataisland.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 FINAL = frozenset(
@@ -81,11 +88,51 @@ class QueryResult:
 class Client:
     """A requester's connection to the coordinator."""
 
-    def __init__(self, address: str, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        certificate: Path,
+        key: Path,
+        server_ca: Path,
+        server_name: str,
+        timeout: float = 60.0,
+    ) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = insecure_channel(address)
+        own = KeyPair.load(certificate, key)
+        self._key = load_private_key(own.key_pem)
+        ca = server_ca.read_bytes()
+        self._channel = secure_channel(address, own=own, server_ca_pem=ca, server_name=server_name)
         self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(self._channel)
+
+    @classmethod
+    def from_federation(
+        cls, directory: Path | str, *, identity: str, timeout: float = 60.0
+    ) -> Client:
+        """A client for a local federation directory, as `DEPARTMENT/ROLE/NAME` from its identity/.
+
+        Raises:
+            ConfigError: the federation file is unusable or the identity does not exist.
+        """
+        directory = Path(directory)
+        federation = load_federation(directory / "federation.yaml")
+        parts = identity.split("/")
+        if len(parts) != 3:
+            raise ConfigError(f"identity {identity!r} is not DEPARTMENT/ROLE/NAME")
+        department, role, name = parts
+        certificate, key = credential_paths(directory, department=department, role=role, name=name)
+        if not certificate.is_file():
+            raise ConfigError(f"no identity {identity} in {directory} (looked for {certificate})")
+        committee = federation.committee.name
+        return cls(
+            federation.committee.coordinator,
+            certificate=certificate,
+            key=key,
+            server_ca=federation.committee.ca,
+            server_name=federation.dns_name("coordinator", committee),
+            timeout=timeout,
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -116,16 +163,7 @@ class Client:
             request_id=request_id or uuid.uuid4().hex,
             issued_at=dt.datetime.now(dt.UTC),
         )
-        signed = common_pb2.SignedEnvelope(
-            envelope=envelope.to_bytes(),
-            params=[
-                common_pb2.TypedParam(name=p.name, type=p.type, value=p.value)
-                if p.value is not None
-                else common_pb2.TypedParam(name=p.name, type=p.type)
-                for p in params
-            ],
-            params_salt=salt,
-        )
+        signed = sign(envelope, key=self._key, params=params, salt=salt)
         response = self._call("SubmitQuery", coordinator_pb2.SubmitQueryRequest(envelope=signed))
         status: coordinator_pb2.QueryStatus = response.status
         return status
@@ -217,7 +255,10 @@ class Client:
             return getattr(self._stub, method)(request, timeout=self.timeout + 5)
         except grpc.RpcError as exc:
             error = error_from_rpc(exc, node=f"the coordinator at {self.address}")
-            raise QueryFailedError(error.code, str(error)) from None
+            reached = error.code not in {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+            # The coordinator answered: its message stands on its own.
+            message = (exc.details() if isinstance(exc, grpc.Call) else None) if reached else None
+            raise QueryFailedError(error.code, message or str(error)) from None
 
 
 def _raise_unless_succeeded(status: coordinator_pb2.QueryStatus) -> None:

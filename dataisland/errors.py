@@ -125,7 +125,6 @@ class RequestIdReusedError(DataislandError):
     code = "ALREADY_EXISTS"
 
 
-
 def _all_causes(cls: type[DataislandError]) -> list[type[DataislandError]]:
     return [cls] + [sub for direct in cls.__subclasses__() for sub in _all_causes(direct)]
 
@@ -133,3 +132,7 @@ def _all_causes(cls: type[DataislandError]) -> list[type[DataislandError]]:
 def grpc_status_table() -> dict[str, str]:
     """Every cause and its gRPC status code name: the one table the README prints."""
     return {cls.__name__: cls.code for cls in _all_causes(DataislandError)}
+
+
+class ReplayedEnvelopeError(PermissionDeniedError):
+    """An enclave already executed this requester's request id: envelopes run once."""

@@ -43,9 +43,13 @@ def _check_address(value: str) -> str:
 
 
 class DepartmentEntry(_Strict):
-    """A department's node as the federation knows it."""
+    """A department's node and identity authority as the federation knows them."""
 
     enclave: str = Field(description="HOST:PORT of the department's enclave node")
+    ca: Path = Field(description="the department's CA certificate (PEM), relative to this file")
+    revocations: Path | None = Field(
+        default=None, description="the department CA's revocation list (PEM), if it has one"
+    )
 
     _address = field_validator("enclave")(_check_address)
 
@@ -56,6 +60,8 @@ class CommitteeEntry(_Strict):
     name: Name = "committee"
     coordinator: str
     aggregator: str
+    ca: Path
+    revocations: Path | None = None
 
     _address = field_validator("coordinator", "aggregator")(_check_address)
 
@@ -105,6 +111,17 @@ class Federation(_Strict):
             raise ValueError(f"committee name {self.committee.name!r} is also a department")
         return self
 
+    def authorities(self) -> dict[str, tuple[Path, Path | None]]:
+        """Department (and committee) name to its CA certificate and revocation list paths."""
+        out = {name: (entry.ca, entry.revocations) for name, entry in self.departments.items()}
+        out[self.committee.name] = (self.committee.ca, self.committee.revocations)
+        return out
+
+    def dns_name(self, role: str, department: str) -> str:
+        """The DNS SAN a node's certificate carries and its clients check, e.g.
+        ``enclave.qingpu.demo.dataisland`` (underscores become hyphens)."""
+        return f"{role}.{department}.{self.federation}.dataisland".replace("_", "-")
+
     def catalog(self) -> Catalog:
         """The logical tables as the SQL front and the planner see them."""
         return {
@@ -118,6 +135,13 @@ class Federation(_Strict):
         }
 
 
+class TLSFiles(_Strict):
+    """A node's own certificate and private key (PEM files)."""
+
+    certificate: Path
+    key: Path
+
+
 class NodeConfig(_Strict):
     """One process's configuration: its role and its own resources.
 
@@ -127,6 +151,7 @@ class NodeConfig(_Strict):
     federation: Path
     role: Literal["department", "aggregator", "coordinator"]
     listen: str
+    tls: TLSFiles
     department: Name | None = None
     shard: Path | None = None
     threads: int = Field(default=1, ge=1, le=64)
@@ -165,16 +190,34 @@ def _describe(exc: ValidationError) -> str:
 
 
 def load_federation(path: Path) -> Federation:
-    """Read and validate a federation file.
+    """Read and validate a federation file, resolving its relative paths against its directory.
 
     Raises:
         ConfigError: the file is missing, not YAML, or fails validation (every problem named).
     """
     data = _read_yaml(path, "federation file")
     try:
-        return Federation.model_validate(data)
+        federation = Federation.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"federation file {path}: {_describe(exc)}") from None
+    base = path.resolve().parent
+
+    def resolve(p: Path | None) -> Path | None:
+        return None if p is None else base / p
+
+    departments = {
+        name: entry.model_copy(
+            update={"ca": base / entry.ca, "revocations": resolve(entry.revocations)}
+        )
+        for name, entry in federation.departments.items()
+    }
+    committee = federation.committee.model_copy(
+        update={
+            "ca": base / federation.committee.ca,
+            "revocations": resolve(federation.committee.revocations),
+        }
+    )
+    return federation.model_copy(update={"departments": departments, "committee": committee})
 
 
 def load_node_config(path: Path) -> NodeConfig:
@@ -189,8 +232,10 @@ def load_node_config(path: Path) -> NodeConfig:
     except ValidationError as exc:
         raise ConfigError(f"node configuration {path}: {_describe(exc)}") from None
     base = path.resolve().parent
+    tls = TLSFiles(certificate=base / config.tls.certificate, key=base / config.tls.key)
     return config.model_copy(
         update={
+            "tls": tls,
             "federation": base / config.federation,
             "shard": None if config.shard is None else base / config.shard,
         }

@@ -307,9 +307,11 @@ def load_certificate(data: bytes) -> x509.Certificate:
 
 
 def write_pem(path: Path, data: bytes) -> None:
-    """Write public PEM material."""
+    """Write public PEM material atomically (nodes re-read revocation lists while running)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
 
 
 def write_private_key(path: Path, data: bytes) -> None:
@@ -319,3 +321,36 @@ def write_private_key(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     os.chmod(path, 0o600)
+
+
+IDENTITY_DIR = "identity"
+"""Where a local federation directory keeps each department's CA and issued credentials."""
+
+
+def credential_paths(
+    directory: Path, *, department: str, role: str, name: str
+) -> tuple[Path, Path]:
+    """Certificate and key paths of an issued identity in a federation directory."""
+    base = directory / IDENTITY_DIR / department
+    return base / f"{role}-{name}.crt", base / f"{role}-{name}.key"
+
+
+def authority_paths(directory: Path, department: str) -> tuple[Path, Path, Path]:
+    """CA certificate, CA key and revocation list paths of a department's authority."""
+    base = directory / IDENTITY_DIR / department
+    return base / "ca.crt", base / "ca.key", base / "revocations.crl"
+
+
+def load_private_key(data: bytes) -> ec.EllipticCurvePrivateKey:
+    """Parse an unencrypted PEM ECDSA private key.
+
+    Raises:
+        InvalidInputError: not an ECDSA private key.
+    """
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise InvalidInputError("not an unencrypted PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise InvalidInputError("the private key is not an ECDSA key")
+    return key

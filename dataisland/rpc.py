@@ -96,20 +96,16 @@ def error_from_rpc(exc: grpc.RpcError, *, node: str) -> errors.DataislandError:
     return error
 
 
-def insecure_channel(address: str) -> grpc.Channel:
-    """A plaintext channel for development federations on loopback (mTLS comes with identities)."""
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-
-
 def serve_until_signalled(
     register: Callable[[grpc.Server], None],
     address: str,
     *,
+    credentials: grpc.ServerCredentials,
     name: str,
     workers: int = 16,
     on_stop: Callable[[], None] | None = None,
 ) -> None:
-    """Run a gRPC server on `address` until SIGTERM or SIGINT, then stop it gracefully.
+    """Run a mutual-TLS gRPC server on `address` until SIGTERM or SIGINT, then stop gracefully.
 
     Raises:
         ConfigError: the address cannot be bound.
@@ -123,7 +119,7 @@ def serve_until_signalled(
     server = grpc.server(ThreadPoolExecutor(max_workers=workers), options=options)
     register(server)
     try:
-        bound = server.add_insecure_port(address)
+        bound = server.add_secure_port(address, credentials)
     except RuntimeError:
         bound = 0
     if bound == 0:

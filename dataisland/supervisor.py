@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal
-
-import grpc
 
 import dataisland
 from dataisland.errors import ConfigError, NodeUnavailableError
@@ -35,8 +34,6 @@ Role = Literal["department", "aggregator", "coordinator"]
 FEDERATION_FILE = "federation.yaml"
 NODES_DIR = "nodes"
 LOGS_DIR = "logs"
-# grpc's readiness poller wakes this often; a channel must outlive its poller by that much.
-_READINESS_POLL_SECONDS = 0.3
 
 
 @dataclass(frozen=True)
@@ -181,8 +178,6 @@ class FederationProcesses:
         self._extra_env = dict(env or {})
         self.federation, self.specs = node_specs(self.directory)
         self.nodes: list[RunningNode] = []
-        self._channels: list[grpc.Channel] = []
-        self._channels_released = 0.0
 
     @property
     def coordinator_address(self) -> str:
@@ -260,42 +255,27 @@ class FederationProcesses:
         return node
 
     def _await_listening(self, node: RunningNode, deadline: float) -> None:
+        # A TCP connect is enough: a node binds its port only once its servicer is ready, and
+        # it works the same for the mutual-TLS servers without holding client credentials.
         address = _dial_address(node.spec.address)
-        # gRPC's default reconnect backoff (1 s, growing) would add seconds to every start.
-        channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 250),
-            ],
-        )
-        # grpc polls readiness on a thread that fails if its channel closes under it; the
-        # channel is closed in stop(), once that thread has had time to notice it is unwanted.
-        self._channels.append(channel)
-        ready = grpc.channel_ready_future(channel)
-        try:
-            while True:
-                code = node.process.poll()
-                if code is not None:
-                    raise ConfigError(
-                        f"node {node.spec.name} exited with status {code} while starting; "
-                        f"last lines of {node.log}:\n{_tail(node.log)}"
-                    )
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise NodeUnavailableError(
-                        f"node {node.spec.name} did not listen on {address} within "
-                        f"{self.startup_timeout:g}s; last lines of {node.log}:\n{_tail(node.log)}"
-                    )
-                try:
-                    ready.result(timeout=min(0.2, remaining))
+        host, _, port = address.rpartition(":")
+        while True:
+            code = node.process.poll()
+            if code is not None:
+                raise ConfigError(
+                    f"node {node.spec.name} exited with status {code} while starting; "
+                    f"last lines of {node.log}:\n{_tail(node.log)}"
+                )
+            if time.monotonic() >= deadline:
+                raise NodeUnavailableError(
+                    f"node {node.spec.name} did not listen on {address} within "
+                    f"{self.startup_timeout:g}s; last lines of {node.log}:\n{_tail(node.log)}"
+                )
+            try:
+                with socket.create_connection((host.strip("[]"), int(port)), timeout=0.2):
                     return
-                except grpc.FutureTimeoutError:
-                    continue
-        finally:
-            ready.cancel()
-            self._channels_released = time.monotonic()
+            except OSError:
+                time.sleep(0.05)
 
     def exited(self) -> list[RunningNode]:
         """The nodes whose process has exited."""
@@ -316,13 +296,6 @@ class FederationProcesses:
         for node in self.nodes:
             node._log_handle.close()
         self.nodes = []
-        if self._channels:
-            settle = _READINESS_POLL_SECONDS - (time.monotonic() - self._channels_released)
-            if settle > 0:
-                time.sleep(settle)
-            for channel in self._channels:
-                channel.close()
-            self._channels = []
 
     @staticmethod
     def _signal(node: RunningNode, sig: signal.Signals) -> None:

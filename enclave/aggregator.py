@@ -4,6 +4,7 @@ The aggregator trusts no plan from the coordinator: it parses the same requester
 departments received, plans the merge itself, and requires exactly one partial, for the same
 query hash, from every department its catalog lists as holding the tables.
 
+The caller must be the coordinator and the envelope a requester's own (enclave/admission.py).
 This module does not yet verify partial signatures or unseal them (the TEE issue), nor apply the
 owners' k thresholds (the Policies issue); HAVING, ORDER BY and LIMIT run in the merge plan.
 """
@@ -13,12 +14,13 @@ from __future__ import annotations
 import grpc
 import pyarrow as pa
 
-from dataisland.canonical import CanonicalResult, QueryEnvelope, query_hash
+from dataisland.canonical import CanonicalResult, query_hash
 from dataisland.catalog import Catalog
 from dataisland.errors import InvalidInputError, ResourceLimitError
 from dataisland.rpc import guarded
 from dataisland.v1 import common_pb2, enclave_pb2, enclave_pb2_grpc
-from enclave.engine import DuckDBMergeEngine
+from enclave.admission import Admission
+from enclave.engine import DuckDBMergeEngine, Lockdown
 from enclave.planner import merge_partials, plan_query
 from policies.sqlfront import parse_query
 
@@ -54,18 +56,20 @@ class Aggregator(enclave_pb2_grpc.AggregatorServiceServicer):
     """The AggregatorService of the executive committee's node."""
 
     def __init__(
-        self, *, catalog: Catalog, max_result_rows: int, threads: int, memory_limit: str
+        self, *, catalog: Catalog, max_result_rows: int, admission: Admission, lockdown: Lockdown
     ) -> None:
         self.catalog = catalog
+        self.admission = admission
         self.max_result_rows = max_result_rows
-        self.engine = DuckDBMergeEngine()
+        self.engine = DuckDBMergeEngine(lockdown)
 
     @guarded
     def MergePartials(
         self, request: enclave_pb2.MergePartialsRequest, context: grpc.ServicerContext
     ) -> enclave_pb2.MergePartialsResponse:
-        envelope = QueryEnvelope.from_bytes(request.envelope.envelope)
-        parsed = parse_query(envelope.sql, catalog=self.catalog)
+        self.admission.coordinator(context, rpc="MergePartials")
+        checked, _requester = self.admission.admit(request.envelope, once=True)
+        parsed = parse_query(checked.envelope.sql, catalog=self.catalog)
         plan = plan_query(parsed, self.catalog)
         expected_hash = query_hash(parsed.canonical_sql).hex()
         partials: dict[str, pa.Table] = {}

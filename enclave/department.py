@@ -4,8 +4,9 @@ The enclave receives the query, never a plan: it parses the envelope it was sent
 plans the SQL with the shared code, and executes only the partial SQL regenerated from the checked
 tree. Only the partial (grouped aggregates and distinct-unit counts) leaves.
 
-This module does not yet verify signatures, policies or attestation (the Identities, Policies and
-TEE issues add them here); it does not merge or release anything.
+The caller must be the coordinator and the envelope a requester's own (enclave/admission.py).
+This module does not yet check policies or attestation (the Policies and TEE issues add them
+here); it does not merge or release anything.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from collections.abc import Mapping
 import grpc
 import pyarrow as pa
 
-from dataisland.canonical import QueryEnvelope, query_hash
+from dataisland.canonical import query_hash
 from dataisland.catalog import Catalog
 from dataisland.errors import PermissionDeniedError, SchemaMismatchError
 from dataisland.rpc import guarded
 from dataisland.v1 import common_pb2, enclave_pb2, enclave_pb2_grpc
+from enclave.admission import Admission
 from enclave.planner import plan_query
 from enclave.shard import Shard
 from policies.sqlfront import parse_query
@@ -67,8 +69,10 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
         shard: Shard,
         query_timeout: float,
         versions: Mapping[str, str],
+        admission: Admission,
     ) -> None:
         self.department = department
+        self.admission = admission
         self.catalog = catalog
         self.shard = shard
         self.query_timeout = query_timeout
@@ -79,6 +83,7 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
     def DescribeShard(
         self, request: enclave_pb2.DescribeShardRequest, context: grpc.ServicerContext
     ) -> enclave_pb2.DescribeShardResponse:
+        self.admission.coordinator(context, rpc="DescribeShard")
         return enclave_pb2.DescribeShardResponse(
             department=self.department,
             tables=[
@@ -97,8 +102,9 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
     def ExecutePartial(
         self, request: enclave_pb2.ExecutePartialRequest, context: grpc.ServicerContext
     ) -> enclave_pb2.ExecutePartialResponse:
-        envelope = QueryEnvelope.from_bytes(request.envelope.envelope)
-        parsed = parse_query(envelope.sql, catalog=self.catalog)
+        self.admission.coordinator(context, rpc="ExecutePartial")
+        checked, _requester = self.admission.admit(request.envelope, once=True)
+        parsed = parse_query(checked.envelope.sql, catalog=self.catalog)
         plan = plan_query(parsed, self.catalog)
         if self.department not in plan.departments:
             raise PermissionDeniedError(
@@ -106,13 +112,13 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
             )
         remaining = context.time_remaining()
         timeout = self.query_timeout if remaining is None else min(self.query_timeout, remaining)
-        table, _types = self.shard.run(plan.partial_sql, timeout=timeout)
+        partial = self.shard.run(plan.partial_sql, timeout=timeout)
         return enclave_pb2.ExecutePartialResponse(
             partial=enclave_pb2.Partial(
                 department=self.department,
                 query_id=request.query_id,
                 query_hash=query_hash(parsed.canonical_sql).hex(),
                 encoding=enclave_pb2.PARTIAL_ENCODING_ARROW_IPC,
-                payload=arrow_to_ipc(table),
+                payload=arrow_to_ipc(partial.table),
             )
         )

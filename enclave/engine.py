@@ -1,12 +1,13 @@
 """Engines that run planned SQL: the thin I/O shell around DuckDB for partials and merges.
 
-`DuckDBMergeEngine` runs a merge in a fresh, locked-down in-memory DuckDB over Arrow tables it is
-handed; `run_partial` runs a plan's partial on a department's shard connection. Both return the
+`open_locked` opens a DuckDB database with the lockdown every enclave applies; `DuckDBMergeEngine`
+runs a merge in a fresh, locked-down in-memory DuckDB over Arrow tables it is handed;
+`run_partial` runs a plan's partial on a department's shard connection. Both return the
 Arrow result together with DuckDB's type names, because Arrow loses some (HUGEINT arrives as
 DECIMAL(38,0)) and the canonical result encoding needs the DuckDB types.
 
 This module does not: plan or check SQL (it runs only what the planner wrote from a checked
-tree), open or lock down a department's shard (the shard loader does that), apply release rules,
+tree), keep a shard open or enforce deadlines (enclave/shard.py does), apply release rules,
 or let DuckDB's error text (which can quote values) reach the caller.
 """
 
@@ -14,23 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import duckdb
 import pyarrow as pa
 
-from dataisland.errors import ExecutionError
+from dataisland.errors import ConfigError, ExecutionError
 
 if TYPE_CHECKING:
     from enclave.planner import FederatedPlan
-
-LOCKDOWN_CONFIG: Mapping[str, str] = {
-    "enable_external_access": "false",
-    "autoload_known_extensions": "false",
-    "autoinstall_known_extensions": "false",
-    "python_enable_replacements": "false",
-}
-"""The connect-time configuration of every merge connection (part of the measurement)."""
 
 
 @dataclass(frozen=True)
@@ -46,12 +40,46 @@ class EngineResult:
     types: tuple[str, ...]
 
 
-class ShardEngine(Protocol):
-    """Runs a partial's SQL on one department's shard."""
+@dataclass(frozen=True)
+class Lockdown:
+    """The resource limits of a shard connection (part of what the enclave measures)."""
 
-    def run(self, sql: str, tables: Mapping[str, pa.Table] | None = None) -> EngineResult:
-        """Run `sql` (with `tables` registered under their names) and return its result."""
-        ...
+    threads: int
+    memory_limit: str
+
+    def connect_config(self) -> dict[str, str | bool | int | float | list[str]]:
+        """The DuckDB config applied when the connection opens."""
+        return {
+            "access_mode": "READ_ONLY",
+            "enable_external_access": False,
+            "autoload_known_extensions": False,
+            "autoinstall_known_extensions": False,
+            "python_enable_replacements": False,
+            "threads": self.threads,
+            "memory_limit": self.memory_limit,
+        }
+
+
+def open_locked(database: str | Path, lockdown: Lockdown) -> duckdb.DuckDBPyConnection:
+    """Open `database` with the lockdown applied and the configuration locked.
+
+    `database` may be ":memory:" for the aggregator's merge engine (read-only is then dropped).
+
+    Raises:
+        ConfigError: the file is missing or is not a DuckDB database.
+    """
+    config = lockdown.connect_config()
+    if str(database) == ":memory:":
+        config.pop("access_mode")
+    elif not Path(database).is_file():
+        raise ConfigError(f"shard file {database} does not exist")
+    try:
+        con = duckdb.connect(str(database), config=config)
+    except duckdb.Error as exc:
+        raise ConfigError(f"cannot open shard {database}: {type(exc).__name__}") from None
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET lock_configuration = true")
+    return con
 
 
 class MergeEngine(Protocol):
@@ -74,7 +102,10 @@ def _result(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> EngineResult
 
 
 class DuckDBMergeEngine:
-    """A merge engine: each run gets a fresh in-memory DuckDB with external access off."""
+    """A merge engine: each run gets a fresh in-memory DuckDB, locked down like a shard."""
+
+    def __init__(self, lockdown: Lockdown) -> None:
+        self.lockdown = lockdown
 
     def run(self, sql: str, tables: Mapping[str, pa.Table] | None = None) -> EngineResult:
         """Run `sql` over `tables` in a fresh locked-down connection.
@@ -89,34 +120,13 @@ class DuckDBMergeEngine:
         Raises:
             ExecutionError: DuckDB failed (the message names only the error kind).
         """
-        con = duckdb.connect(":memory:", config=dict(LOCKDOWN_CONFIG))
+        con = open_locked(":memory:", self.lockdown)
         try:
-            con.execute("SET TimeZone='UTC'")
-            # Nothing the merge SQL does may loosen the settings above.
-            con.execute("SET lock_configuration=true")
             for name, table in (tables or {}).items():
                 con.register(name, table)
             return _result(con, sql, "the merge")
         finally:
             con.close()
-
-
-class DuckDBShardEngine:
-    """A shard engine over a connection its owner opened and locked down."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Wrap `con`, which stays owned (and closed) by the caller."""
-        self._con = con
-
-    def run(self, sql: str, tables: Mapping[str, pa.Table] | None = None) -> EngineResult:
-        """Run `sql` on the shard.
-
-        Raises:
-            ExecutionError: DuckDB failed (the message names only the error kind).
-        """
-        for name, table in (tables or {}).items():
-            self._con.register(name, table)
-        return _result(self._con, sql, "the partial")
 
 
 def run_partial(plan: FederatedPlan, con: duckdb.DuckDBPyConnection) -> EngineResult:

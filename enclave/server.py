@@ -1,37 +1,58 @@
-"""Wiring of the enclave roles into gRPC servers from a node configuration file.
+"""Wiring of the enclave roles into mutual-TLS gRPC servers from a node configuration file.
 
 This module only builds and starts: what a department or the aggregator does lives in
-enclave/department.py and enclave/aggregator.py.
+enclave/department.py and enclave/aggregator.py, who may call in enclave/admission.py.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from importlib.metadata import version
 
 import grpc
 
 from dataisland.errors import ConfigError
-from dataisland.federation import NodeConfig, load_federation
+from dataisland.federation import Federation, NodeConfig, load_federation
 from dataisland.rpc import serve_until_signalled
+from dataisland.tls import Authenticator, KeyPair, server_credentials
 from dataisland.v1 import enclave_pb2_grpc
+from enclave.admission import Admission
 from enclave.aggregator import Aggregator
 from enclave.department import DepartmentEnclave
-from enclave.shard import Lockdown, Shard
+from enclave.engine import Lockdown
+from enclave.shard import Shard
 
 VERSIONS = {name: version(name) for name in ("duckdb", "sqlglot")}
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _security(
+    federation: Federation, config: NodeConfig
+) -> tuple[Admission, grpc.ServerCredentials]:
+    authenticator = Authenticator(federation, clock=_utc_now)
+    # Only the committee's nodes call enclaves: the TLS layer accepts only the committee's CA.
+    credentials = server_credentials(
+        KeyPair.of_node(config),
+        client_roots_pem=authenticator.roots_pem([federation.committee.name]),
+    )
+    return Admission(authenticator, clock=_utc_now), credentials
 
 
 def serve_department(config: NodeConfig) -> None:
     """Open the department's shard locked down and serve EnclaveService until signalled.
 
     Raises:
-        ConfigError: the configuration, federation file or shard is unusable.
+        ConfigError: the configuration, federation file, TLS files or shard are unusable.
     """
     if config.department is None or config.shard is None:
         raise ConfigError("a department node needs 'department' and 'shard'")
     federation = load_federation(config.federation)
     if config.department not in federation.departments:
         raise ConfigError(f"department {config.department!r} is not in the federation file")
+    admission, credentials = _security(federation, config)
     shard = Shard(config.shard, Lockdown(threads=config.threads, memory_limit=config.memory_limit))
     servicer = DepartmentEnclave(
         department=config.department,
@@ -39,13 +60,18 @@ def serve_department(config: NodeConfig) -> None:
         shard=shard,
         query_timeout=config.query_timeout_seconds,
         versions=VERSIONS,
+        admission=admission,
     )
 
     def register(server: grpc.Server) -> None:
         enclave_pb2_grpc.add_EnclaveServiceServicer_to_server(servicer, server)
 
     serve_until_signalled(
-        register, config.listen, name=f"enclave {config.department}", on_stop=shard.close
+        register,
+        config.listen,
+        credentials=credentials,
+        name=f"enclave {config.department}",
+        on_stop=shard.close,
     )
 
 
@@ -53,17 +79,18 @@ def serve_aggregator(config: NodeConfig) -> None:
     """Serve AggregatorService until signalled.
 
     Raises:
-        ConfigError: the configuration or federation file is unusable.
+        ConfigError: the configuration, federation file or TLS files are unusable.
     """
     federation = load_federation(config.federation)
+    admission, credentials = _security(federation, config)
     servicer = Aggregator(
         catalog=federation.catalog(),
         max_result_rows=config.max_result_rows,
-        threads=config.threads,
-        memory_limit=config.memory_limit,
+        admission=admission,
+        lockdown=Lockdown(threads=config.threads, memory_limit=config.memory_limit),
     )
 
     def register(server: grpc.Server) -> None:
         enclave_pb2_grpc.add_AggregatorServiceServicer_to_server(servicer, server)
 
-    serve_until_signalled(register, config.listen, name="aggregator")
+    serve_until_signalled(register, config.listen, credentials=credentials, name="aggregator")

@@ -14,57 +14,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 
-from dataisland.errors import ConfigError, ExecutionError, QueryDeadlineError
+from dataisland.errors import ExecutionError, QueryDeadlineError
+from enclave.engine import EngineResult, Lockdown, open_locked
 
 log = logging.getLogger("dataisland.enclave.shard")
-
-
-@dataclass(frozen=True)
-class Lockdown:
-    """The resource limits of a shard connection (part of what the enclave measures)."""
-
-    threads: int
-    memory_limit: str
-
-    def connect_config(self) -> dict[str, str | bool | int | float | list[str]]:
-        """The DuckDB config applied when the connection opens."""
-        return {
-            "access_mode": "READ_ONLY",
-            "enable_external_access": False,
-            "autoload_known_extensions": False,
-            "autoinstall_known_extensions": False,
-            "python_enable_replacements": False,
-            "threads": self.threads,
-            "memory_limit": self.memory_limit,
-        }
-
-
-def open_locked(database: str | Path, lockdown: Lockdown) -> duckdb.DuckDBPyConnection:
-    """Open `database` with the lockdown applied and the configuration locked.
-
-    `database` may be ":memory:" for the aggregator's merge engine (read-only is then dropped).
-
-    Raises:
-        ConfigError: the file is missing or is not a DuckDB database.
-    """
-    config = lockdown.connect_config()
-    if str(database) == ":memory:":
-        config.pop("access_mode")
-    elif not Path(database).is_file():
-        raise ConfigError(f"shard file {database} does not exist")
-    try:
-        con = duckdb.connect(str(database), config=config)
-    except duckdb.Error as exc:
-        raise ConfigError(f"cannot open shard {database}: {type(exc).__name__}") from None
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET lock_configuration = true")
-    return con
 
 
 class Shard:
@@ -86,11 +43,11 @@ class Shard:
             out.setdefault(str(table), {})[str(column)] = str(type_name)
         return out
 
-    def run(self, sql: str, *, timeout: float) -> tuple[pa.Table, tuple[str, ...]]:
+    def run(self, sql: str, *, timeout: float) -> EngineResult:
         """Run `sql` on a fresh cursor, interrupted after `timeout` seconds.
 
         Returns:
-            The result as Arrow and the DuckDB type names of its columns.
+            The result as Arrow with the DuckDB type names of its columns.
 
         Raises:
             QueryDeadlineError: the watchdog interrupted it.
@@ -127,7 +84,7 @@ class Shard:
         finally:
             watchdog.cancel()
             cursor.close()
-        return table, types
+        return EngineResult(table=table, types=types)
 
     def close(self) -> None:
         """Close the connection."""

@@ -796,8 +796,10 @@ def _check_shape(select: exp.Select, catalog: Catalog | None) -> tuple[str, ...]
     aliases = {str(e.alias).lower() for e in select.expressions if isinstance(e, exp.Alias)}
     has_aggregate = any(contains_aggregate(e) for e in select.expressions)
     if not keys and not has_aggregate:
+        outputs = ", ".join(_snippet(e) for e in select.expressions)
         raise UnsupportedQueryError(
-            "the query must aggregate: use an aggregate function or GROUP BY"
+            f"the query must aggregate: non-aggregate output ({outputs}) needs an aggregate "
+            "function or GROUP BY"
         )
     for output in select.expressions:
         name = output.alias_or_name

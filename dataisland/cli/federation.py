@@ -38,6 +38,7 @@ from rich.progress import (
 from rich.table import Table
 
 from dataisland.cli.app import console, err_console, friendly_errors, main
+from dataisland.cli.identity import provision_local
 from dataisland.errors import (
     ConfigError,
     DataislandError,
@@ -56,6 +57,7 @@ from dataisland.supervisor import FEDERATION_FILE, LOGS_DIR, NODES_DIR, Federati
 from dataisland.synthetic import CLAIMS_COLUMNS, WATER_COLUMNS, populate_shard
 
 SHARDS_DIR = "shards"
+COMMITTEE = "committee"
 DEFAULT_DEPARTMENTS = ("qingpu", "wujiang", "jiashan")
 DEFAULT_BASE_PORT = 7100
 RESERVED_NAMES = frozenset({"aggregator", "coordinator", "committee"})
@@ -74,9 +76,12 @@ _FEDERATION_HEADER = """\
 #
 #   federation   the federation's name (lower case letters, digits and underscores).
 #   development  development conveniences (see below).
-#   departments  each department that owns data, and the HOST:PORT of its enclave node.
+#   departments  each department that owns data: the HOST:PORT of its enclave node, its
+#                certificate authority (a principal's department is the CA that issued its
+#                certificate) and that CA's revocation list, re-read by running nodes.
 #   committee    the executive committee's node: it runs the coordinator (where department
-#                services send SQL) and the aggregator enclave (which merges partials).
+#                services send SQL) and the aggregator enclave (which merges partials); it is
+#                a CA of its own for its nodes. Every connection is mutual TLS.
 #   tables       the logical tables queries name. For each: its columns and DuckDB types (every
 #                holder's shard must have exactly these), its privacy unit (the column whose
 #                distinct values count as people for the release rules; declared here and
@@ -89,20 +94,27 @@ def _federation_text(
 ) -> str:
     lines = [_FEDERATION_HEADER, f"federation: {name}", ""]
     lines += [
-        "# Development convenience: plaintext gRPC on loopback, simulated evidence with the debug",
-        "# flag accepted. Never set this on a federation that holds real data.",
+        "# Development convenience: every CA key lives in this one directory (identity/), and",
+        "# simulated evidence with the debug flag is accepted. Never set it for real data.",
         f"development: {'true' if development else 'false'}",
         "",
         "departments:",
     ]
     for index, department in enumerate(departments):
-        lines += [f"  {department}:", f"    enclave: 127.0.0.1:{base_port + 2 + index}"]
+        lines += [
+            f"  {department}:",
+            f"    enclave: 127.0.0.1:{base_port + 2 + index}",
+            f"    ca: identity/{department}/ca.crt",
+            f"    revocations: identity/{department}/revocations.crl",
+        ]
     lines += [
         "",
         "committee:",
-        "  name: committee",
+        f"  name: {COMMITTEE}",
         f"  coordinator: 127.0.0.1:{base_port}",
         f"  aggregator: 127.0.0.1:{base_port + 1}",
+        f"  ca: identity/{COMMITTEE}/ca.crt",
+        f"  revocations: identity/{COMMITTEE}/revocations.crl",
         "",
         "tables:",
         "  # Medical-insurance claims: every district holds its own horizontal shard.",
@@ -139,6 +151,10 @@ department: {department}
 listen: 127.0.0.1:{port}
 # The department's own DuckDB file; the enclave opens it read-only and locked down.
 shard: ../{SHARDS_DIR}/{department}.duckdb
+# This node's certificate (from {department}'s CA, DNS SAN checked by the coordinator) and key.
+tls:
+  certificate: ../identity/{department}/enclave-node.crt
+  key: ../identity/{department}/enclave-node.key
 # DuckDB resources for one query; a query still running after the timeout is interrupted.
 threads: 1
 memory_limit: 512MB
@@ -153,6 +169,9 @@ def _aggregator_node_text(port: int) -> str:
 federation: ../federation.yaml
 role: aggregator
 listen: 127.0.0.1:{port}
+tls:
+  certificate: ../identity/{COMMITTEE}/aggregator-node.crt
+  key: ../identity/{COMMITTEE}/aggregator-node.key
 threads: 1
 memory_limit: 512MB
 query_timeout_seconds: 30
@@ -168,6 +187,9 @@ def _coordinator_node_text(port: int) -> str:
 federation: ../federation.yaml
 role: coordinator
 listen: 127.0.0.1:{port}
+tls:
+  certificate: ../identity/{COMMITTEE}/coordinator-node.crt
+  key: ../identity/{COMMITTEE}/coordinator-node.key
 # Deadline for one query's fan-out to the enclaves and the merge.
 query_timeout_seconds: 30
 # Finished queries are kept for retention_seconds, and at most retention_max_queries of them
@@ -263,6 +285,13 @@ def init_federation(
         encoding="utf-8",
     )
     federation = load_federation(federation_path)
+    provision_local(
+        directory,
+        federation=federation.federation,
+        departments=departments,
+        committee=COMMITTEE,
+        dns_name=federation.dns_name,
+    )
 
     nodes = directory / NODES_DIR
     for index, department in enumerate(departments):
@@ -301,7 +330,7 @@ def init_federation(
     "development",
     default=True,
     show_default=True,
-    help="Mark the federation as a development one (plaintext loopback).",
+    help="Mark the federation as a development one (all CA keys on this machine).",
 )
 @friendly_errors
 def init_command(
@@ -757,7 +786,9 @@ def run_demo(directory: Path, *, rows: int, seed: int) -> int:
         nodes.start()
     with nodes:
         console.print(_nodes_table(nodes))
-        with Client(nodes.coordinator_address) as client:
+        requester = f"{departments[0]}/requester/analyst"
+        console.print(f"asking as [bold]{requester}[/] over mutual TLS")
+        with Client.from_federation(directory, identity=requester) as client:
             for title, sql in DEMO_QUERIES:
                 console.print(Panel(sql, title=title, title_align="left", border_style="cyan"))
                 try:

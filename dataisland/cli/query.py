@@ -35,15 +35,31 @@ def result_table(result: QueryResult, *, title: str | None = None) -> Table:
     required=True,
     help="federation directory (its federation.yaml names the coordinator)",
 )
+@click.option(
+    "--as",
+    "identity",
+    default=None,
+    help="DEPARTMENT/ROLE/NAME from the directory's identity/ (default: the first department's "
+    "requester 'analyst')",
+)
 @click.option("--purpose", default="ad-hoc analysis", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print JSON for machines")
 @click.option("--timeout", default=60.0, show_default=True, help="seconds to wait for the answer")
 @click.argument("sql")
 @friendly_errors
-def query(federation_dir: Path, purpose: str, as_json: bool, timeout: float, sql: str) -> None:
+def query(
+    federation_dir: Path,
+    identity: str | None,
+    purpose: str,
+    as_json: bool,
+    timeout: float,
+    sql: str,
+) -> None:
     """Run SQL across the federation and print the released result."""
-    federation = load_federation(federation_dir / "federation.yaml")
-    with Client(federation.committee.coordinator, timeout=timeout) as client:
+    if identity is None:
+        federation = load_federation(federation_dir / "federation.yaml")
+        identity = f"{next(iter(federation.departments))}/requester/analyst"
+    with Client.from_federation(federation_dir, identity=identity, timeout=timeout) as client:
         result = client.query(sql, purpose=purpose)
     if as_json:
         click.echo(json.dumps(result.as_json(), ensure_ascii=False))

@@ -30,12 +30,17 @@ class SignedEnvelope(_message.Message):
     SIGNATURE_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     PARAMS_SALT_FIELD_NUMBER: _builtins.int
+    REQUESTER_CERTIFICATE_FIELD_NUMBER: _builtins.int
     envelope: _builtins.bytes
     """RFC 8785 JSON of the envelope (sql, params_commitment, purpose, request_id, issued_at)."""
     signature: _builtins.bytes
-    """Signature over `envelope` with the requester certificate's key (empty until identities)."""
+    """ECDSA P-256 / SHA-256 signature (DER) over `envelope` with the requester certificate's key."""
     params_salt: _builtins.bytes
     """The 32-byte salt of the parameter commitment."""
+    requester_certificate: _builtins.bytes
+    """The requester's certificate (DER), attached by the coordinator from the verified TLS peer;
+    enclaves verify it against the requester department's pinned CA themselves.
+    """
     @_builtins.property
     def params(self) -> _containers.RepeatedCompositeFieldContainer[Global___TypedParam]:
         """The typed parameters the envelope commits to, in order."""
@@ -47,10 +52,11 @@ class SignedEnvelope(_message.Message):
         signature: _builtins.bytes = ...,
         params: _abc.Iterable[Global___TypedParam] | None = ...,
         params_salt: _builtins.bytes = ...,
+        requester_certificate: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "params", b"params", "params_salt", b"params_salt", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "params", b"params", "params_salt", b"params_salt", "requester_certificate", b"requester_certificate", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 import socket
 from collections.abc import Iterator
@@ -11,8 +12,15 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
+from dataisland.canonical import QueryEnvelope, new_salt, params_commitment
 from dataisland.cli import main
+from dataisland.client import Client
+from dataisland.envelopes import sign
+from dataisland.federation import load_federation
+from dataisland.identity import credential_paths, load_private_key
 from dataisland.supervisor import FederationProcesses
+from dataisland.tls import KeyPair, secure_channel
+from dataisland.v1 import common_pb2, coordinator_pb2_grpc
 
 DEPARTMENTS = ("qingpu", "wujiang", "jiashan")
 
@@ -97,3 +105,53 @@ def union_connection(federation_dir: Path) -> duckdb.DuckDBPyConnection:
         parts.append(f"SELECT * FROM {department}.claims")
     con.execute("CREATE VIEW claims AS " + " UNION ALL ".join(parts))
     return con
+
+
+ANALYST = "qingpu/requester/analyst"
+
+
+def client_for(directory: Path, identity: str = ANALYST) -> Client:
+    """The Python client as `identity` (DEPARTMENT/ROLE/NAME) of a federation directory."""
+    return Client.from_federation(directory, identity=identity, timeout=30)
+
+
+def credentials_of(directory: Path, identity: str = ANALYST) -> KeyPair:
+    department, role, name = identity.split("/")
+    certificate, key = credential_paths(directory, department=department, role=role, name=name)
+    return KeyPair.load(certificate, key)
+
+
+def coordinator_stub(
+    directory: Path, identity: str = ANALYST
+) -> coordinator_pb2_grpc.CoordinatorServiceStub:
+    """A raw CoordinatorService stub over mutual TLS as `identity`."""
+    federation = load_federation(directory / "federation.yaml")
+    channel = secure_channel(
+        federation.committee.coordinator,
+        own=credentials_of(directory, identity),
+        server_ca_pem=federation.committee.ca.read_bytes(),
+        server_name=federation.dns_name("coordinator", federation.committee.name),
+    )
+    return coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+
+
+def signed_envelope(
+    directory: Path,
+    sql: str,
+    request_id: str,
+    *,
+    identity: str = ANALYST,
+    purpose: str = "test",
+    issued_at: dt.datetime | None = None,
+) -> common_pb2.SignedEnvelope:
+    """A requester's envelope, signed with its certificate's key as the client would."""
+    salt = new_salt()
+    envelope = QueryEnvelope(
+        sql=sql,
+        params_commitment=params_commitment([], salt=salt),
+        purpose=purpose,
+        request_id=request_id,
+        issued_at=issued_at or dt.datetime.now(dt.UTC),
+    )
+    key = load_private_key(credentials_of(directory, identity).key_pem)
+    return sign(envelope, key=key, params=[], salt=salt)

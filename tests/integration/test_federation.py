@@ -10,33 +10,19 @@ from pathlib import Path
 import grpc
 import pytest
 
-from dataisland.canonical import QueryEnvelope, new_salt, params_commitment
-from dataisland.client import Client, QueryFailedError
+from dataisland.client import QueryFailedError
 from dataisland.supervisor import FederationProcesses
-from dataisland.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
-from tests.integration.conftest import union_connection
+from dataisland.v1 import common_pb2, coordinator_pb2
+from tests.integration.conftest import (
+    client_for,
+    coordinator_stub,
+    fill_claims,
+    free_base_port,
+    signed_envelope,
+    union_connection,
+)
 
 pytestmark = pytest.mark.integration
-
-
-def _envelope(sql: str, request_id: str, purpose: str = "test") -> common_pb2.SignedEnvelope:
-    import datetime as dt
-
-    salt = new_salt()
-    envelope = QueryEnvelope(
-        sql=sql,
-        params_commitment=params_commitment([], salt=salt),
-        purpose=purpose,
-        request_id=request_id,
-        issued_at=dt.datetime.now(dt.UTC),
-    )
-    return common_pb2.SignedEnvelope(envelope=envelope.to_bytes(), params_salt=salt)
-
-
-def _stub(nodes: FederationProcesses) -> coordinator_pb2_grpc.CoordinatorServiceStub:
-    return coordinator_pb2_grpc.CoordinatorServiceStub(
-        grpc.insecure_channel(nodes.coordinator_address)
-    )
 
 
 def test_grouped_query_equals_duckdb_over_the_union(
@@ -47,7 +33,7 @@ def test_grouped_query_equals_duckdb_over_the_union(
         "sum(amount) AS total, avg(amount) AS mean, max(reimbursed) AS top "
         "FROM claims WHERE age BETWEEN 18 AND 80 GROUP BY 1, 2 ORDER BY month, category"
     )
-    with Client(running.coordinator_address) as client:
+    with client_for(federation_dir) as client:
         result = client.query(sql, purpose="monthly report")
     expected = union_connection(federation_dir).execute(sql).fetchall()
     assert [c[0] for c in result.columns] == ["month", "category", "claims", "total", "mean", "top"]
@@ -62,8 +48,10 @@ def test_grouped_query_equals_duckdb_over_the_union(
         assert Decimal(got[5] or "0") == want[5]
 
 
-def test_global_aggregate_and_status_fields(running: FederationProcesses) -> None:
-    with Client(running.coordinator_address) as client:
+def test_global_aggregate_and_status_fields(
+    running: FederationProcesses, federation_dir: Path
+) -> None:
+    with client_for(federation_dir) as client:
         result = client.query(
             "SELECT count(*) AS n, stddev_samp(age) AS spread FROM claims", purpose="t"
         )
@@ -73,17 +61,19 @@ def test_global_aggregate_and_status_fields(running: FederationProcesses) -> Non
     assert "count" in result.status.canonical_sql.lower()
 
 
-def test_submit_is_idempotent_on_request_id(running: FederationProcesses) -> None:
-    stub = _stub(running)
+def test_submit_is_idempotent_on_request_id(
+    running: FederationProcesses, federation_dir: Path
+) -> None:
+    stub = coordinator_stub(federation_dir)
     request_id = f"idem-{uuid.uuid4().hex}"
-    envelope = _envelope("SELECT count(*) AS n FROM claims", request_id)
+    envelope = signed_envelope(federation_dir, "SELECT count(*) AS n FROM claims", request_id)
     first = stub.SubmitQuery(coordinator_pb2.SubmitQueryRequest(envelope=envelope)).status
     second = stub.SubmitQuery(coordinator_pb2.SubmitQueryRequest(envelope=envelope)).status
     assert first.query_id == second.query_id
     assert first.request_id == request_id
     listed = [q.query_id for q in stub.ListQueries(coordinator_pb2.ListQueriesRequest()).queries]
     assert listed.count(first.query_id) == 1
-    other = _envelope("SELECT sum(age) AS s FROM claims", request_id)
+    other = signed_envelope(federation_dir, "SELECT sum(age) AS s FROM claims", request_id)
     with pytest.raises(grpc.RpcError) as info:
         stub.SubmitQuery(coordinator_pb2.SubmitQueryRequest(envelope=other))
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
@@ -97,7 +87,7 @@ def test_result_larger_than_a_page_is_paged_intact(
         "SELECT person_id, count(*) AS n, sum(amount) AS total FROM claims "
         "GROUP BY person_id ORDER BY person_id"
     )
-    with Client(running.coordinator_address) as client:
+    with client_for(federation_dir) as client:
         status = client.submit(sql, purpose="paging")
         client.wait(status.query_id)
         result = client.result(status.query_id, page_size=250)
@@ -124,34 +114,32 @@ def test_result_larger_than_a_page_is_paged_intact(
     ],
 )
 def test_refused_sql_names_the_construct(
-    running: FederationProcesses, sql: str, named: str
+    running: FederationProcesses, federation_dir: Path, sql: str, named: str
 ) -> None:
-    with Client(running.coordinator_address) as client, pytest.raises(QueryFailedError) as info:
+    with client_for(federation_dir) as client, pytest.raises(QueryFailedError) as info:
         client.query(sql, purpose="t")
     assert info.value.code in {"INVALID_ARGUMENT", "NOT_FOUND", "UNIMPLEMENTED"}
     assert named.lower() in str(info.value).lower()
 
 
-def test_bad_envelopes_and_tokens_get_invalid_argument_not_internal(
-    running: FederationProcesses,
+def test_bad_envelopes_and_tokens_get_clear_codes_not_internal(
+    running: FederationProcesses, federation_dir: Path
 ) -> None:
-    stub = _stub(running)
-    for envelope in (b"", b"not json", b'{"sql": 1}'):
+    stub = coordinator_stub(federation_dir)
+    good = signed_envelope(federation_dir, "SELECT count(*) AS n FROM claims", uuid.uuid4().hex)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.SubmitQuery(coordinator_pb2.SubmitQueryRequest(envelope=common_pb2.SignedEnvelope()))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for envelope in (b"not json", b'{"sql": 1}'):
+        forged = common_pb2.SignedEnvelope(envelope=envelope, signature=good.signature)
         with pytest.raises(grpc.RpcError) as info:
-            stub.SubmitQuery(
-                coordinator_pb2.SubmitQueryRequest(
-                    envelope=common_pb2.SignedEnvelope(envelope=envelope)
-                )
-            )
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            stub.SubmitQuery(coordinator_pb2.SubmitQueryRequest(envelope=forged))
+        # The signature is over other bytes: the caller cannot prove it wrote these.
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(grpc.RpcError) as info:
         stub.GetResult(coordinator_pb2.GetResultRequest(query_id="no-such-query"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    status = stub.SubmitQuery(
-        coordinator_pb2.SubmitQueryRequest(
-            envelope=_envelope("SELECT count(*) AS n FROM claims", uuid.uuid4().hex)
-        )
-    ).status
+    status = stub.SubmitQuery(coordinator_pb2.SubmitQueryRequest(envelope=good)).status
     stub.WaitResult(coordinator_pb2.WaitResultRequest(query_id=status.query_id, timeout_ms=10_000))
     with pytest.raises(grpc.RpcError) as info:
         stub.GetResult(
@@ -160,8 +148,8 @@ def test_bad_envelopes_and_tokens_get_invalid_argument_not_internal(
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_cancel_and_list(running: FederationProcesses) -> None:
-    with Client(running.coordinator_address) as client:
+def test_cancel_and_list(running: FederationProcesses, federation_dir: Path) -> None:
+    with client_for(federation_dir) as client:
         status = client.submit("SELECT count(*) AS n FROM claims", purpose="cancel me")
         cancelled = client.cancel(status.query_id)
         assert cancelled.state in {
@@ -176,8 +164,6 @@ def test_node_down_is_unavailable_naming_the_department(
 ) -> None:
     import shutil
 
-    from tests.integration.conftest import free_base_port
-
     copy = tmp_path / "fed"
     shutil.copytree(federation_dir, copy, ignore=shutil.ignore_patterns("logs"))
     _rebase_ports(copy, free_base_port())
@@ -186,7 +172,7 @@ def test_node_down_is_unavailable_naming_the_department(
         victim.process.kill()
         victim.process.wait()
         started = time.monotonic()
-        with Client(nodes.coordinator_address) as client, pytest.raises(QueryFailedError) as info:
+        with client_for(copy) as client, pytest.raises(QueryFailedError) as info:
             client.query("SELECT count(*) AS n FROM claims", purpose="t")
         assert time.monotonic() - started < 30
     assert info.value.code == "UNAVAILABLE"
@@ -216,8 +202,6 @@ def test_runaway_query_is_interrupted_at_its_deadline(federation_dir: Path, tmp_
     import re
     import shutil
 
-    from tests.integration.conftest import fill_claims, free_base_port
-
     copy = tmp_path / "fed"
     shutil.copytree(federation_dir, copy, ignore=shutil.ignore_patterns("logs"))
     _rebase_ports(copy, free_base_port())
@@ -227,13 +211,14 @@ def test_runaway_query_is_interrupted_at_its_deadline(federation_dir: Path, tmp_
     )
     fill_claims(copy / "shards" / "qingpu.duckdb", seed=99, rows=6_000_000)
     runaway = "SELECT claim_id, count(*) AS n, var_samp(amount) AS v FROM claims GROUP BY claim_id"
-    with FederationProcesses(copy) as nodes, Client(nodes.coordinator_address) as client:
+    with FederationProcesses(copy), client_for(copy) as client:
         started = time.monotonic()
         with pytest.raises(QueryFailedError) as info:
             client.query(runaway, purpose="t")
         elapsed = time.monotonic() - started
         # The shard is free again: the watchdog interrupted the runaway rather than waiting it out.
-        assert client.query("SELECT count(*) AS n FROM claims", purpose="t").rows[0][0] is not None
+        cheap = "SELECT count(*) AS n FROM claims WHERE age > 1000"
+        assert client.query(cheap, purpose="t").rows[0][0] == "0"
     assert info.value.code == "DEADLINE_EXCEEDED"
     assert "deadline" in str(info.value)
     assert elapsed < 20

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pytest
 
 from dataisland.catalog import TableInfo
-from enclave.engine import DuckDBMergeEngine, run_partial
+from enclave.engine import DuckDBMergeEngine, Lockdown, run_partial
 from enclave.planner import merge_partials, plan_query
 from policies.sqlfront import parse_query
 
@@ -50,7 +50,7 @@ def test_merge_of_100k_groups_per_shard(capsys: pytest.CaptureFixture[str]) -> N
         con.close()
 
     start = time.perf_counter()
-    got = merge_partials(plan, partials, DuckDBMergeEngine())
+    got = merge_partials(plan, partials, DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB")))
     elapsed = time.perf_counter() - start
     with capsys.disabled():
         print(f"\nmerge of 3 x 100,000 groups: {elapsed:.3f} s ({got.table.num_rows} groups out)")

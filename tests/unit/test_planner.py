@@ -15,7 +15,7 @@ from dataisland.errors import (
     UnknownTableError,
     UnsupportedQueryError,
 )
-from enclave.engine import DuckDBMergeEngine, EngineResult, run_partial
+from enclave.engine import DuckDBMergeEngine, EngineResult, Lockdown, run_partial
 from enclave.planner import merge_partials, plan_query
 from policies.sqlfront import parse_query
 
@@ -87,7 +87,9 @@ def test_single_department_join_runs_whole_query_on_that_department() -> None:
         "(3, 'x')) AS t(pid, site)"
     )
     partial = run_partial(plan, con)
-    got = merge_partials(plan, {"qingpu": partial.table}, DuckDBMergeEngine())
+    got = merge_partials(
+        plan, {"qingpu": partial.table}, DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB"))
+    )
     want = con.sql(
         "SELECT v.site, count(*) AS c, avg(p.age) AS a FROM visits AS v "
         "JOIN people AS p ON v.pid = p.pid WHERE p.age > 1 GROUP BY v.site ORDER BY v.site"
@@ -106,14 +108,18 @@ def _partials(plan, departments):  # type: ignore[no-untyped-def]
 def test_missing_partial_is_named() -> None:
     plan = _plan("SELECT count(*) FROM claims")
     with pytest.raises(MissingPartialError, match="wujiang"):
-        merge_partials(plan, _partials(plan, ["qingpu", "jiashan"]), DuckDBMergeEngine())
+        merge_partials(
+            plan,
+            _partials(plan, ["qingpu", "jiashan"]),
+            DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB")),
+        )
 
 
 def test_unexpected_partial_is_refused() -> None:
     plan = _plan("SELECT count(*) FROM claims")
     partials = _partials(plan, ["qingpu", "jiashan", "wujiang", "mallory"])
     with pytest.raises(InvalidInputError, match="mallory"):
-        merge_partials(plan, partials, DuckDBMergeEngine())
+        merge_partials(plan, partials, DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB")))
 
 
 def test_partial_with_wrong_columns_is_refused() -> None:
@@ -121,7 +127,7 @@ def test_partial_with_wrong_columns_is_refused() -> None:
     partials = _partials(plan, ["qingpu", "jiashan", "wujiang"])
     partials["qingpu"] = pa.table({"x": [1]})
     with pytest.raises(SchemaMismatchError, match="qingpu"):
-        merge_partials(plan, partials, DuckDBMergeEngine())
+        merge_partials(plan, partials, DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB")))
 
 
 def test_partials_with_different_types_are_refused() -> None:
@@ -129,11 +135,11 @@ def test_partials_with_different_types_are_refused() -> None:
     partials = _partials(plan, ["qingpu", "jiashan", "wujiang"])
     partials["qingpu"] = pa.table({"__a0_n": ["one"], "__units": [1]})
     with pytest.raises(SchemaMismatchError):
-        merge_partials(plan, partials, DuckDBMergeEngine())
+        merge_partials(plan, partials, DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB")))
 
 
 def test_merge_engine_is_locked_down_and_hides_duckdb_messages() -> None:
-    engine = DuckDBMergeEngine()
+    engine = DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB"))
     with pytest.raises(ExecutionError) as caught:
         engine.run("SELECT * FROM read_csv('/etc/hostname')")
     assert "hostname" not in str(caught.value)
@@ -158,7 +164,9 @@ def test_order_by_aggregate_expression_and_having_alias() -> None:
     partial = run_partial(plan, con).table
     empty = partial.slice(0, 0)
     got = merge_partials(
-        plan, {"qingpu": partial, "wujiang": empty, "jiashan": partial}, DuckDBMergeEngine()
+        plan,
+        {"qingpu": partial, "wujiang": empty, "jiashan": partial},
+        DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB")),
     )
     con.execute("INSERT INTO claims SELECT * FROM claims")
     want = con.sql(sql).to_arrow_table()
@@ -179,7 +187,9 @@ def test_aggregates_differing_only_in_string_case_are_not_merged() -> None:
     )
     partial = run_partial(plan, con).table
     got = merge_partials(
-        plan, dict.fromkeys(("qingpu", "wujiang", "jiashan"), partial), DuckDBMergeEngine()
+        plan,
+        dict.fromkeys(("qingpu", "wujiang", "jiashan"), partial),
+        DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB")),
     )
     assert got.table.to_pylist() == [{"upper_a": 3, "lower_a": 6, "c1": 9, "c2": 9}]
     assert plan.partial_sql.count("count(*) AS") == 1  # identical aggregates share one piece

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dataisland.catalog import TableInfo
-from enclave.engine import DuckDBMergeEngine, run_partial
+from enclave.engine import DuckDBMergeEngine, Lockdown, run_partial
 from enclave.planner import merge_partials, plan_query
 from policies.sqlfront import parse_query
 
@@ -211,7 +211,7 @@ def test_federated_answer_equals_duckdb_over_the_union(
         con = _connection(table)
         partials[department] = run_partial(plan, con).table
         con.close()
-    got = merge_partials(plan, partials, DuckDBMergeEngine())
+    got = merge_partials(plan, partials, DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB")))
     expected_relation = union.sql(sql)
     expected_types = tuple(str(t) for t in expected_relation.types)
     expected = expected_relation.to_arrow_table()
@@ -251,7 +251,7 @@ def test_global_aggregate_over_empty_shards_returns_one_row() -> None:
     for department in DEPARTMENTS:
         con = _connection(empty)
         partials[department] = run_partial(plan, con).table
-    got = merge_partials(plan, partials, DuckDBMergeEngine())
+    got = merge_partials(plan, partials, DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB")))
     assert got.table.to_pylist() == [
         {"count_star()": 0, "sum(n)": None, "avg(x)": None, "variance(x)": None, "min(d)": None}
     ]
@@ -271,7 +271,9 @@ def test_variance_merge_includes_the_between_shard_term() -> None:
     partials = {}
     for department, rows_ in zip(DEPARTMENTS, shards, strict=True):
         partials[department] = run_partial(plan, _connection(_table(rows_))).table
-    got = merge_partials(plan, partials, DuckDBMergeEngine()).table.to_pylist()[0]
+    got = merge_partials(
+        plan, partials, DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB"))
+    ).table.to_pylist()[0]
     assert abs(got["variance(x)"] - 77.58333333333333) < 1e-9
     assert abs(got["stddev_pop(amt)"] ** 2 - 58.1875) < 1e-9
     assert abs(got["var_pop(n)"] - 58.1875) < 1e-9

@@ -1,0 +1,80 @@
+"""Admission to an enclave: the caller must be the coordinator, the query a requester's own.
+
+An enclave trusts nothing the coordinator says about who asked: it verifies the requester's
+certificate against the requester department's pinned CA (and its revocation list), the
+requester's signature over the envelope, freshness, the parameter opening, and that this
+(requester, request id) has not run here before.
+
+The seen-request set is kept in memory for the envelopes' freshness window: an envelope older
+than that is refused as stale anyway. After a restart the set is empty, so an envelope replayed
+within its freshness window to a restarted enclave would run again; the TEE issue rebuilds the
+set from the cosigned log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable
+
+import grpc
+
+from dataisland.envelopes import MAX_AGE, MAX_SKEW, CheckedEnvelope, check_signed_envelope
+from dataisland.errors import ReplayedEnvelopeError
+from dataisland.identity import Principal, UnauthenticatedError, load_certificate
+from dataisland.tls import Authenticator, require_role
+from dataisland.v1 import common_pb2
+
+
+class Admission:
+    """Checks callers and envelopes for one enclave; remembers which envelopes ran."""
+
+    def __init__(self, authenticator: Authenticator, *, clock: Callable[[], dt.datetime]) -> None:
+        self.authenticator = authenticator
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], dt.datetime] = {}
+
+    def coordinator(self, context: grpc.ServicerContext, *, rpc: str) -> Principal:
+        """The verified caller, which must be the committee's coordinator.
+
+        Raises:
+            UnauthenticatedError: no or bad client certificate.
+            PermissionDeniedError: the caller is not the coordinator.
+        """
+        principal, _ = self.authenticator.caller(context)
+        require_role(principal, {"coordinator"}, rpc=rpc)
+        if principal.department != self.authenticator.federation.committee.name:
+            raise UnauthenticatedError(f"{principal} is not the committee's coordinator")
+        return principal
+
+    def admit(
+        self, signed: common_pb2.SignedEnvelope, *, once: bool
+    ) -> tuple[CheckedEnvelope, Principal]:
+        """Verify a requester's signed envelope; with `once`, refuse it if it already ran here.
+
+        Raises:
+            UnauthenticatedError: certificate, signature or freshness fails.
+            PermissionDeniedError: the signer is not a requester.
+            ReplayedEnvelopeError: the envelope already ran here.
+            InvalidInputError: malformed envelope or parameters.
+        """
+        if not signed.requester_certificate:
+            raise UnauthenticatedError("the envelope carries no requester certificate")
+        certificate = load_certificate(signed.requester_certificate)
+        principal = self.authenticator.verify(certificate)
+        require_role(principal, {"requester"}, rpc="queries")
+        now = self.clock()
+        checked = check_signed_envelope(signed, signer=certificate, now=now)
+        if once:
+            key = (principal.spiffe_id, checked.envelope.request_id)
+            with self._lock:
+                horizon = now - MAX_AGE - MAX_SKEW
+                for stale in [k for k, issued in self._seen.items() if issued < horizon]:
+                    del self._seen[stale]
+                if key in self._seen:
+                    raise ReplayedEnvelopeError(
+                        f"request {checked.envelope.request_id} of {principal} already ran here"
+                    )
+                self._seen[key] = checked.envelope.issued_at
+        return checked, principal
