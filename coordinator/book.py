@@ -17,7 +17,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dataisland.errors import NotFoundError, ResourceLimitError
+from dataisland.errors import (
+    DataislandError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceLimitError,
+)
 from dataisland.v1 import common_pb2, coordinator_pb2, enclave_pb2
 
 FINAL_STATES = frozenset(
@@ -47,7 +52,12 @@ class QueryRecord:
     state: int = coordinator_pb2.QUERY_STATE_RUNNING
     decision: int = coordinator_pb2.DECISION_ALLOW
     reasons: list[common_pb2.Reason] = field(default_factory=list)
+    policy_hashes: dict[str, str] = field(default_factory=dict)
+    waiting_for: set[str] = field(default_factory=set)
+    approvals: dict[str, common_pb2.Approval] = field(default_factory=dict)
     finished_at: float | None = None
+    # Index of the query's first audit-log entry, once it is durable (coordinator/audit.py).
+    log_index: int | None = None
     error: common_pb2.ErrorDetail | None = None
     result: enclave_pb2.MergePartialsResponse | None = None
     cancel_requested: threading.Event = field(default_factory=threading.Event)
@@ -120,6 +130,53 @@ class QueryBook:
             self._evict()
             mine = [r for r in self._by_id.values() if r.requester == requester]
         return sorted(mine, key=lambda r: (r.submitted_at, r.query_id), reverse=True)
+
+    def pending(self) -> list[QueryRecord]:
+        """Every query waiting for approvals, oldest first."""
+        with self.lock:
+            waiting = [
+                r for r in self._by_id.values() if r.state == coordinator_pb2.QUERY_STATE_PENDING
+            ]
+        return sorted(waiting, key=lambda r: (r.submitted_at, r.query_id))
+
+    def approve(self, record: QueryRecord, department: str, approval: common_pb2.Approval) -> bool:
+        """Record `department`'s approval; return True when it was the last one needed.
+
+        Raises:
+            PermissionDeniedError: the query is not waiting for this department.
+        """
+        with self.lock:
+            if record.state != coordinator_pb2.QUERY_STATE_PENDING:
+                raise PermissionDeniedError(f"query {record.query_id} is not waiting for approvals")
+            if department not in record.waiting_for:
+                raise PermissionDeniedError(
+                    f"query {record.query_id} is not waiting for {department}'s approval"
+                )
+            record.waiting_for.discard(department)
+            record.approvals[department] = approval
+            if record.waiting_for:
+                return False
+            record.state = coordinator_pb2.QUERY_STATE_RUNNING
+            return True
+
+    def get_any(self, query_id: str) -> QueryRecord:
+        """A retained query by id, whoever asked it (for officers acting on it).
+
+        Raises:
+            NotFoundError: no such retained query.
+        """
+        with self.lock:
+            self._evict()
+            record = self._by_id.get(query_id)
+        if record is None:
+            raise NotFoundError(f"no query {query_id!r} (unknown or past retention)")
+        return record
+
+    def log_refusal(
+        self, requester: str, signed: common_pb2.SignedEnvelope, error: DataislandError
+    ) -> None:
+        """Record SQL refused before it became a query; a book without an audit log keeps
+        nothing (coordinator.audit.AuditedBook logs it)."""
 
     def unfinished(self) -> list[QueryRecord]:
         """Every query still running or pending."""

@@ -7,12 +7,15 @@ import time
 
 import grpc
 
+from coordinator.audit import AuditedBook, AuditLog
+from coordinator.audit_service import AuditServicer
 from coordinator.book import QueryBook
+from coordinator.judge import Judge
 from coordinator.service import Coordinator
 from dataisland.federation import NodeConfig, load_federation
 from dataisland.rpc import serve_until_signalled
 from dataisland.tls import Authenticator, KeyPair, secure_channel, server_credentials
-from dataisland.v1 import coordinator_pb2_grpc, enclave_pb2_grpc
+from dataisland.v1 import audit_pb2_grpc, coordinator_pb2_grpc, enclave_pb2_grpc
 
 
 def serve_coordinator(config: NodeConfig) -> None:
@@ -51,9 +54,20 @@ def serve_coordinator(config: NodeConfig) -> None:
         max_queries=config.retention_max_queries,
         clock=time.time,
     )
+    # With a `log:` section, every decision is logged before it is answered (coordinator/audit.py).
+    audit = AuditLog.open(config, federation) if federation.log is not None else None
+    if audit is not None:
+        book = AuditedBook(
+            audit=audit,
+            retention_seconds=config.retention_seconds,
+            max_queries=config.retention_max_queries,
+            clock=time.time,
+        )
+        audit.start()
     servicer = Coordinator(
         catalog=federation.catalog(),
         authenticator=authenticator,
+        judge=Judge(federation, clock=lambda: dt.datetime.now(dt.UTC)),
         enclaves=enclaves,
         aggregator=aggregator,
         query_timeout=config.query_timeout_seconds,
@@ -62,9 +76,21 @@ def serve_coordinator(config: NodeConfig) -> None:
 
     def register(server: grpc.Server) -> None:
         coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, server)
+        if audit is not None:
+            audit_pb2_grpc.add_AuditServiceServicer_to_server(
+                AuditServicer(audit=audit, authenticator=authenticator), server
+            )
 
     # Requesters of every department (and later officers and auditors) call the coordinator.
     credentials = server_credentials(own, client_roots_pem=authenticator.roots_pem())
-    serve_until_signalled(
-        register, config.listen, credentials=credentials, name="coordinator", on_stop=servicer.close
-    )
+    try:
+        serve_until_signalled(
+            register,
+            config.listen,
+            credentials=credentials,
+            name="coordinator",
+            on_stop=servicer.close,
+        )
+    finally:
+        if audit is not None:
+            audit.close()

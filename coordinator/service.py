@@ -6,8 +6,10 @@ a plan) to each department enclave in parallel, hands the partials to the aggreg
 query state for Get/Wait/List/Cancel. It never opens a partial: it forwards payloads as bytes.
 
 Callers are named by their verified TLS certificate only; a requester sees and cancels only its
-own queries. This module does not yet run approvals (Policies) or append to the audit log (the
-audit log issue): `log_index` stays unset.
+own queries. Every owner's policy gives the early answer (coordinator/judge.py): a denied query
+ends at once with its reasons, one that needs approval waits until an officer of every department
+whose policy asks for it has approved with a signed approval, which the coordinator forwards and
+each enclave verifies itself.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ from cryptography.hazmat.primitives import serialization
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from coordinator.book import FINAL_STATES, QueryBook, QueryRecord
-from dataisland.canonical import query_hash
+from coordinator.judge import Judge, reasons_to_proto, waiting_for
+from dataisland.canonical import QueryEnvelope, query_hash
 from dataisland.catalog import Catalog
-from dataisland.envelopes import check_signed_envelope
+from dataisland.envelopes import APPROVAL_WINDOW, check_signed_envelope
 from dataisland.errors import (
     DataislandError,
     InvalidInputError,
     NodeUnavailableError,
+    PermissionDeniedError,
     QueryCancelledError,
     QueryDeadlineError,
     RequestIdReusedError,
@@ -46,8 +50,10 @@ from dataisland.v1 import (
     enclave_pb2,
     enclave_pb2_grpc,
 )
+from policies.approvals import verify_approval
+from policies.checker import Verdict
 from policies.routing import required_departments
-from policies.sqlfront import parse_query
+from policies.templates import parse_envelope_query
 
 log = logging.getLogger("dataisland.coordinator")
 
@@ -66,6 +72,22 @@ def _with_certificate(
     forwarded.CopyFrom(signed)
     forwarded.requester_certificate = certificate.public_bytes(serialization.Encoding.DER)
     return forwarded
+
+
+def _issued_at(record: QueryRecord) -> dt.datetime:
+    return QueryEnvelope.from_bytes(record.envelope.envelope).issued_at
+
+
+_STATE_OF = {
+    Verdict.ALLOW: coordinator_pb2.QUERY_STATE_RUNNING,
+    Verdict.NEEDS_APPROVAL: coordinator_pb2.QUERY_STATE_PENDING,
+    Verdict.DENY: coordinator_pb2.QUERY_STATE_DENIED,
+}
+_DECISION_OF = {
+    Verdict.ALLOW: coordinator_pb2.DECISION_ALLOW,
+    Verdict.NEEDS_APPROVAL: coordinator_pb2.DECISION_NEEDS_APPROVAL,
+    Verdict.DENY: coordinator_pb2.DECISION_DENY,
+}
 
 
 def _timestamp(seconds: float | None) -> Timestamp | None:
@@ -99,6 +121,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         *,
         catalog: Catalog,
         authenticator: Authenticator,
+        judge: Judge,
         enclaves: Mapping[str, enclave_pb2_grpc.EnclaveServiceStub],
         aggregator: enclave_pb2_grpc.AggregatorServiceStub,
         query_timeout: float,
@@ -108,6 +131,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> None:
         self.catalog = catalog
         self.authenticator = authenticator
+        self.judge = judge
         self.enclaves = dict(enclaves)
         self.aggregator = aggregator
         self.query_timeout = query_timeout
@@ -141,8 +165,20 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
             return coordinator_pb2.SubmitQueryResponse(
                 status=self._status(self._same(existing, digest))
             )
-        parsed = parse_query(envelope.sql, catalog=self.catalog)
+        try:
+            parsed = parse_envelope_query(checked, self.catalog)
+        except DataislandError as exc:
+            # Refused SQL is a decision too: logged (with an audit log) before it is answered.
+            self.book.log_refusal(requester, request.envelope, exc)
+            raise
         departments = required_departments(parsed.tables, self.catalog)
+        decision = self.judge.decide(parsed, requester=principal, purpose=envelope.purpose)
+        # A denied query is created running and finished at once, so waiters wake up.
+        denied = decision.verdict is Verdict.DENY
+        # A template's SQL is recorded with its placeholders: the values stay with the enclaves.
+        canonical_sql = (
+            decision.template.canonical_sql if decision.template else parsed.canonical_sql
+        )
         record = QueryRecord(
             query_id=str(uuid.uuid4()),
             requester=requester,
@@ -150,14 +186,31 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
             envelope_digest=digest,
             envelope=_with_certificate(request.envelope, certificate),
             purpose=envelope.purpose,
-            canonical_sql=parsed.canonical_sql,
-            query_hash=query_hash(parsed.canonical_sql).hex(),
+            canonical_sql=canonical_sql,
+            query_hash=query_hash(canonical_sql).hex(),
             departments=tuple(sorted(departments)),
             submitted_at=self.clock(),
+            state=_STATE_OF[Verdict.ALLOW if denied else decision.verdict],
+            decision=_DECISION_OF[decision.verdict],
+            reasons=reasons_to_proto(decision.reasons),
+            policy_hashes=dict(decision.policy_hashes),
+            waiting_for=waiting_for(decision)
+            if decision.verdict is Verdict.NEEDS_APPROVAL
+            else set(),
         )
         stored = self.book.add(record)
         if stored is record:
-            self.pool.submit(self._run, record)
+            if denied:
+                self.book.finish(
+                    record,
+                    coordinator_pb2.QUERY_STATE_DENIED,
+                    error=common_pb2.ErrorDetail(
+                        code="PERMISSION_DENIED",
+                        message="; ".join(str(r) for r in decision.reasons if r.denies),
+                    ),
+                )
+            elif decision.verdict is Verdict.ALLOW:
+                self.pool.submit(self._run, record)
         return coordinator_pb2.SubmitQueryResponse(status=self._status(self._same(stored, digest)))
 
     @guarded
@@ -221,6 +274,83 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         require_role(principal, REQUESTER_ROLES, rpc=rpc)
         return principal, certificate
 
+    # -- officers ------------------------------------------------------------------------------
+
+    @guarded
+    def ListPendingApprovals(
+        self, request: coordinator_pb2.ListPendingApprovalsRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.ListPendingApprovalsResponse:
+        officer = self._officer(context, "ListPendingApprovals")
+        pending = [
+            coordinator_pb2.PendingApproval(
+                query_id=r.query_id,
+                requester=r.requester,
+                purpose=r.purpose,
+                canonical_sql=r.canonical_sql,
+                envelope_digest=r.envelope_digest.hex(),
+                policy_hash=r.policy_hashes.get(officer.department, ""),
+                reasons=r.reasons,
+                submitted_at=_timestamp(r.submitted_at),
+                approved_by=sorted(r.approvals),
+                waiting_for=sorted(r.waiting_for),
+            )
+            for r in self.book.pending()
+            if officer.department in r.waiting_for or officer.department in r.approvals
+        ]
+        return coordinator_pb2.ListPendingApprovalsResponse(pending=pending)
+
+    @guarded
+    def ApproveQuery(
+        self, request: coordinator_pb2.ApproveQueryRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.ApproveQueryResponse:
+        officer = self._officer(context, "ApproveQuery")
+        record = self.book.get_any(request.query_id)
+        approval = verify_approval(
+            request.approval.approval,
+            request.approval.signature,
+            officers=self.judge.federation.officer_keys(officer.department),
+            department=officer.department,
+            envelope_digest=record.envelope_digest.hex(),
+            requester=record.requester,
+            purpose=record.purpose,
+            policy_hash=record.policy_hashes.get(officer.department, ""),
+            now=dt.datetime.fromtimestamp(self.clock(), dt.UTC),
+            latest_expiry=_issued_at(record) + APPROVAL_WINDOW,
+        )
+        if approval.officer != officer.name:
+            raise PermissionDeniedError(
+                f"{officer} may not present an approval signed by officer {approval.officer}"
+            )
+        if self.book.approve(record, officer.department, request.approval):
+            self.pool.submit(self._run, record)
+        return coordinator_pb2.ApproveQueryResponse(status=self._status(record))
+
+    @guarded
+    def DenyQuery(
+        self, request: coordinator_pb2.DenyQueryRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.DenyQueryResponse:
+        officer = self._officer(context, "DenyQuery")
+        record = self.book.get_any(request.query_id)
+        if officer.department not in record.waiting_for | set(record.approvals):
+            raise PermissionDeniedError(
+                f"query {record.query_id} is not {officer.department}'s to deny"
+            )
+        reason = request.reason.strip() or "no reason given"
+        self.book.finish(
+            record,
+            coordinator_pb2.QUERY_STATE_DENIED,
+            decision=coordinator_pb2.DECISION_DENY,
+            error=common_pb2.ErrorDetail(
+                code="PERMISSION_DENIED", message=f"denied by {officer}: {reason}"
+            ),
+        )
+        return coordinator_pb2.DenyQueryResponse(status=self._status(record))
+
+    def _officer(self, context: grpc.ServicerContext, rpc: str) -> Principal:
+        principal, _ = self.authenticator.caller(context)
+        require_role(principal, {"officer"}, rpc=rpc)
+        return principal
+
     # -- the fan-out ----------------------------------------------------------------------------
 
     def _run(self, record: QueryRecord) -> None:
@@ -248,7 +378,9 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def _execute(self, record: QueryRecord) -> enclave_pb2.MergePartialsResponse:
         deadline = record.submitted_at + self.query_timeout
         request = enclave_pb2.ExecutePartialRequest(
-            query_id=record.query_id, envelope=record.envelope
+            query_id=record.query_id,
+            envelope=record.envelope,
+            approvals=list(record.approvals.values()),
         )
         calls: dict[str, grpc.Future[enclave_pb2.ExecutePartialResponse]] = {}
         for department in record.departments:
@@ -328,6 +460,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
             state=record.state,  # type: ignore[arg-type]
             decision=record.decision,  # type: ignore[arg-type]
             reasons=record.reasons,
+            log_index=record.log_index,
             purpose=record.purpose,
             canonical_sql=record.canonical_sql,
             query_hash=record.query_hash,

@@ -24,7 +24,9 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from dataisland.approvals import Approval
 from dataisland.canonical import (
     CanonicalResult,
     QueryEnvelope,
@@ -36,7 +38,7 @@ from dataisland.canonical import (
 from dataisland.envelopes import sign
 from dataisland.errors import ConfigError, DataislandError
 from dataisland.federation import load_federation
-from dataisland.identity import credential_paths, load_private_key
+from dataisland.identity import credential_paths, load_certificate, load_private_key, principal_of
 from dataisland.rpc import error_from_rpc
 from dataisland.tls import KeyPair, secure_channel
 from dataisland.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
@@ -102,6 +104,7 @@ class Client:
         self.timeout = timeout
         own = KeyPair.load(certificate, key)
         self._key = load_private_key(own.key_pem)
+        self.principal = principal_of(load_certificate(own.certificate_pem))
         ca = server_ca.read_bytes()
         self._channel = secure_channel(address, own=own, server_ca_pem=ca, server_name=server_name)
         self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(self._channel)
@@ -231,7 +234,7 @@ class Client:
             )
         return self.result(status.query_id)
 
-    def list(self) -> list[coordinator_pb2.QueryStatus]:
+    def list_queries(self) -> list[coordinator_pb2.QueryStatus]:
         """This requester's retained queries, newest first."""
         out: list[coordinator_pb2.QueryStatus] = []
         token = ""
@@ -248,6 +251,50 @@ class Client:
         """Cancel a query that has not finished."""
         response = self._call("CancelQuery", coordinator_pb2.CancelQueryRequest(query_id=query_id))
         status: coordinator_pb2.QueryStatus = response.status
+        return status
+
+    # -- officers ------------------------------------------------------------------------------
+
+    def pending_approvals(self) -> list[coordinator_pb2.PendingApproval]:
+        """Queries waiting for this officer's department (the caller must be an officer)."""
+        response = self._call("ListPendingApprovals", coordinator_pb2.ListPendingApprovalsRequest())
+        return list(response.pending)
+
+    def approve(
+        self,
+        pending: coordinator_pb2.PendingApproval,
+        *,
+        signing_key: Ed25519PrivateKey,
+        valid_for: dt.timedelta = dt.timedelta(hours=1),
+    ) -> coordinator_pb2.QueryStatus:
+        """Sign and send this officer's approval of one pending query (one approval, one run).
+
+        The approval binds the query's envelope, requester, purpose and the policy it was
+        judged by; `signing_key` is the officer key the department pins.
+        """
+        approval = Approval(
+            department=self.principal.department,
+            officer=self.principal.name,
+            query_id=pending.query_id,
+            envelope_digest=pending.envelope_digest,
+            requester=pending.requester,
+            purpose=pending.purpose,
+            policy_hash=pending.policy_hash,
+            expires_at=dt.datetime.now(dt.UTC) + valid_for,
+        )
+        request = coordinator_pb2.ApproveQueryRequest(
+            query_id=pending.query_id,
+            approval=common_pb2.Approval(
+                approval=approval.to_bytes(), signature=approval.sign(signing_key)
+            ),
+        )
+        status: coordinator_pb2.QueryStatus = self._call("ApproveQuery", request).status
+        return status
+
+    def deny(self, query_id: str, *, reason: str) -> coordinator_pb2.QueryStatus:
+        """Deny a pending query for this officer's department."""
+        request = coordinator_pb2.DenyQueryRequest(query_id=query_id, reason=reason)
+        status: coordinator_pb2.QueryStatus = self._call("DenyQuery", request).status
         return status
 
     def _call(self, method: str, request: object) -> Any:
@@ -267,7 +314,7 @@ def _raise_unless_succeeded(status: coordinator_pb2.QueryStatus) -> None:
     if status.state == coordinator_pb2.QUERY_STATE_DENIED:
         raise QueryFailedError(
             "PERMISSION_DENIED",
-            "; ".join(r.message for r in status.reasons),
+            status.error.message or "; ".join(r.message for r in status.reasons),
             reasons=status.reasons,
         )
     if status.state == coordinator_pb2.QUERY_STATE_CANCELLED:

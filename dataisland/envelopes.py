@@ -30,6 +30,8 @@ MAX_AGE = dt.timedelta(minutes=5)
 """How old an envelope may be when it is checked (submission and execution alike)."""
 MAX_SKEW = dt.timedelta(minutes=1)
 """How far in the future a requester's clock may be."""
+APPROVAL_WINDOW = dt.timedelta(hours=24)
+"""How long an envelope waiting for officers' approvals may stay usable, at most."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,11 @@ def sign(
 
 
 def check_signed_envelope(
-    signed: common_pb2.SignedEnvelope, *, signer: x509.Certificate, now: dt.datetime
+    signed: common_pb2.SignedEnvelope,
+    *,
+    signer: x509.Certificate,
+    now: dt.datetime,
+    max_age: dt.timedelta = MAX_AGE,
 ) -> CheckedEnvelope:
     """Verify a signed envelope against the (already verified) certificate of its requester.
 
@@ -77,13 +83,7 @@ def check_signed_envelope(
         raise InvalidInputError("envelope is empty")
     verify_envelope_signature(signer, signed.envelope, signed.signature)
     envelope = QueryEnvelope.from_bytes(signed.envelope)
-    if now - envelope.issued_at > MAX_AGE:
-        raise UnauthenticatedError(
-            f"envelope {envelope.request_id} was issued more than "
-            f"{int(MAX_AGE.total_seconds())} s ago; sign a new one"
-        )
-    if envelope.issued_at - now > MAX_SKEW:
-        raise UnauthenticatedError(f"envelope {envelope.request_id} is dated in the future")
+    check_fresh(envelope, now=now, max_age=max_age)
     try:
         params = tuple(
             TypedParam(p.name, p.type, p.value if p.HasField("value") else None)
@@ -97,3 +97,18 @@ def check_signed_envelope(
     if opened != envelope.params_commitment:
         raise InvalidInputError("the parameters and salt do not open the envelope's commitment")
     return CheckedEnvelope(envelope=envelope, params=params)
+
+
+def check_fresh(envelope: QueryEnvelope, *, now: dt.datetime, max_age: dt.timedelta) -> None:
+    """Refuse an envelope older than `max_age` or dated in the future.
+
+    Raises:
+        UnauthenticatedError: stale or from the future.
+    """
+    if now - envelope.issued_at > max_age:
+        raise UnauthenticatedError(
+            f"envelope {envelope.request_id} was issued more than "
+            f"{int(max_age.total_seconds())} s ago; sign a new one"
+        )
+    if envelope.issued_at - now > MAX_SKEW:
+        raise UnauthenticatedError(f"envelope {envelope.request_id} is dated in the future")

@@ -10,11 +10,14 @@ This module reads files; it does not open shards, bind ports or check certificat
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dataisland.catalog import Catalog, TableInfo
@@ -50,6 +53,15 @@ class DepartmentEntry(_Strict):
     revocations: Path | None = Field(
         default=None, description="the department CA's revocation list (PEM), if it has one"
     )
+    policy: Path = Field(
+        description="the department's signed policy (YAML; signatures in POLICY.sig.json)"
+    )
+    officers: dict[Name, str] = Field(
+        min_length=1,
+        description="officer name to base64 Ed25519 public key: the only keys whose signatures "
+        "make a policy or approval of this department valid",
+    )
+    signatures_required: int = Field(default=1, ge=1, description="officers needed per policy")
 
     _address = field_validator("enclave")(_check_address)
 
@@ -90,6 +102,49 @@ class TableEntry(_Strict):
         return self
 
 
+_VKEY = re.compile(r"^[^+\s]+\+[0-9a-f]{8}\+[A-Za-z0-9+/]+={0,2}$")
+
+
+def _check_vkey(value: str) -> str:
+    # The form only; ledger.note parses the key itself (the kernel does not import the ledger).
+    if not _VKEY.match(value):
+        raise ValueError("not a verifier key <name>+<8 hex digits>+<base64>")
+    return value
+
+
+class LogWitnessEntry(_Strict):
+    """One witness of the audit log: where it listens, its cosigning key, its CA."""
+
+    address: str = Field(description="HOST:PORT of the witness's HTTPS (tlog-witness) endpoint")
+    verifier_key: str = Field(description="the witness's cosignature (type 0x04) verifier key")
+    ca: Path = Field(description="CA certificate (PEM) that issued the witness's TLS certificate")
+
+    _address = field_validator("address")(_check_address)
+    _vkey = field_validator("verifier_key")(_check_vkey)
+
+
+class LogSection(_Strict):
+    """The audit log: its origin line, the log's verifier key, the witnesses and the quorum."""
+
+    origin: str = Field(pattern=r"^[^+\s]{1,200}$", description="the checkpoints' origin line")
+    verifier_key: str = Field(description="the log's Ed25519 (type 0x01) verifier key")
+    quorum: int = Field(ge=1, description="distinct witnesses that must cosign a checkpoint")
+    witnesses: dict[Name, LogWitnessEntry] = Field(min_length=1)
+
+    _vkey = field_validator("verifier_key")(_check_vkey)
+
+    @model_validator(mode="after")
+    def _quorum_fits(self) -> LogSection:
+        if self.quorum > len(self.witnesses):
+            raise ValueError(
+                f"quorum {self.quorum} is more than the {len(self.witnesses)} witnesses"
+            )
+        keys = [w.verifier_key for w in self.witnesses.values()]
+        if len(set(keys)) != len(keys):
+            raise ValueError("two witnesses share a verifier key")
+        return self
+
+
 class Federation(_Strict):
     """The whole federation file."""
 
@@ -100,6 +155,7 @@ class Federation(_Strict):
     departments: dict[Name, DepartmentEntry] = Field(min_length=1)
     committee: CommitteeEntry
     tables: dict[Name, TableEntry] = Field(default_factory=dict)
+    log: LogSection | None = Field(default=None, description="the audit log and its witnesses")
 
     @model_validator(mode="after")
     def _holders_exist(self) -> Federation:
@@ -116,6 +172,40 @@ class Federation(_Strict):
         out = {name: (entry.ca, entry.revocations) for name, entry in self.departments.items()}
         out[self.committee.name] = (self.committee.ca, self.committee.revocations)
         return out
+
+    def officer_keys(self, department: str) -> dict[str, Ed25519PublicKey]:
+        """The officer signing keys pinned for `department`.
+
+        Raises:
+            ConfigError: unknown department or a key that is not base64 Ed25519.
+        """
+        entry = self.departments.get(department)
+        if entry is None:
+            raise ConfigError(f"department {department!r} is not in the federation file")
+        keys = {}
+        for officer, text in entry.officers.items():
+            try:
+                keys[officer] = Ed25519PublicKey.from_public_bytes(
+                    base64.b64decode(text, validate=True)
+                )
+            except (ValueError, binascii.Error):
+                raise ConfigError(
+                    f"officer {officer!r} of {department}: not a base64 Ed25519 public key"
+                ) from None
+        return keys
+
+    def read_policy(self, department: str) -> tuple[bytes, bytes]:
+        """The department's policy document and detached signatures, as bytes.
+
+        Raises:
+            ConfigError: either file cannot be read.
+        """
+        path = self.departments[department].policy
+        signatures = path.with_name(path.name + ".sig.json")
+        try:
+            return path.read_bytes(), signatures.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {department}'s policy: {exc.strerror}") from None
 
     def dns_name(self, role: str, department: str) -> str:
         """The DNS SAN a node's certificate carries and its clients check, e.g.
@@ -149,7 +239,7 @@ class NodeConfig(_Strict):
     """
 
     federation: Path
-    role: Literal["department", "aggregator", "coordinator"]
+    role: Literal["department", "aggregator", "coordinator", "witness"]
     listen: str
     tls: TLSFiles
     department: Name | None = None
@@ -160,6 +250,10 @@ class NodeConfig(_Strict):
     max_result_rows: int = Field(default=1_000_000, ge=1)
     retention_seconds: float = Field(default=3600.0, gt=0)
     retention_max_queries: int = Field(default=10_000, ge=1)
+    log_dir: Path | None = Field(default=None, description="coordinator: the audit log directory")
+    log_key: Path | None = Field(default=None, description="coordinator: the log's Ed25519 key")
+    witness_key: Path | None = Field(default=None, description="witness: its cosigning key")
+    witness_state: Path | None = Field(default=None, description="witness: its state file")
 
     _address = field_validator("listen")(_check_address)
 
@@ -167,8 +261,23 @@ class NodeConfig(_Strict):
     def _role_fields(self) -> NodeConfig:
         if self.role == "department" and (self.department is None or self.shard is None):
             raise ValueError("a department node needs 'department' and 'shard'")
-        if self.role != "department" and (self.department is not None or self.shard is not None):
+        if self.role == "witness":
+            if self.department is None or self.witness_key is None or self.witness_state is None:
+                raise ValueError(
+                    "a witness node needs 'department', 'witness_key', 'witness_state'"
+                )
+            if self.shard is not None:
+                raise ValueError("a witness node takes no 'shard'")
+        elif self.role != "department" and (self.department is not None or self.shard is not None):
             raise ValueError(f"a {self.role} node takes neither 'department' nor 'shard'")
+        if self.role != "coordinator" and (self.log_dir is not None or self.log_key is not None):
+            raise ValueError("only the coordinator takes 'log_dir' and 'log_key'")
+        if (self.log_dir is None) != (self.log_key is None):
+            raise ValueError("'log_dir' and 'log_key' go together")
+        if self.role != "witness" and (
+            self.witness_key is not None or self.witness_state is not None
+        ):
+            raise ValueError("only a witness takes 'witness_key' and 'witness_state'")
         return self
 
 
@@ -207,7 +316,11 @@ def load_federation(path: Path) -> Federation:
 
     departments = {
         name: entry.model_copy(
-            update={"ca": base / entry.ca, "revocations": resolve(entry.revocations)}
+            update={
+                "ca": base / entry.ca,
+                "revocations": resolve(entry.revocations),
+                "policy": base / entry.policy,
+            }
         )
         for name, entry in federation.departments.items()
     }
@@ -217,7 +330,16 @@ def load_federation(path: Path) -> Federation:
             "revocations": resolve(federation.committee.revocations),
         }
     )
-    return federation.model_copy(update={"departments": departments, "committee": committee})
+    log = federation.log
+    if log is not None:
+        witnesses = {
+            name: entry.model_copy(update={"ca": base / entry.ca})
+            for name, entry in log.witnesses.items()
+        }
+        log = log.model_copy(update={"witnesses": witnesses})
+    return federation.model_copy(
+        update={"departments": departments, "committee": committee, "log": log}
+    )
 
 
 def load_node_config(path: Path) -> NodeConfig:
@@ -238,5 +360,10 @@ def load_node_config(path: Path) -> NodeConfig:
             "tls": tls,
             "federation": base / config.federation,
             "shard": None if config.shard is None else base / config.shard,
+            **{
+                name: base / value
+                for name in ("log_dir", "log_key", "witness_key", "witness_state")
+                if (value := getattr(config, name)) is not None
+            },
         }
     )

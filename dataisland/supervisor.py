@@ -1,7 +1,8 @@
 """Start every node of a federation directory as a real process on loopback, and stop them all.
 
 `FederationProcesses` is what `dataisland up`, `dataisland demo` and the integration tests use:
-department enclaves first, then the aggregator, then the coordinator, each started with
+the audit log's witnesses first (when the federation file has a `log:` section), then the
+department enclaves, then the aggregator, then the coordinator, each started with
 ``python -m dataisland ...`` and awaited until its gRPC port accepts connections. Children run
 in their own session so a Ctrl-C at the terminal reaches only the supervisor, which then stops
 them in reverse order (SIGTERM, a grace period, SIGKILL for stragglers).
@@ -29,7 +30,7 @@ import dataisland
 from dataisland.errors import ConfigError, NodeUnavailableError
 from dataisland.federation import Federation, load_federation, load_node_config
 
-Role = Literal["department", "aggregator", "coordinator"]
+Role = Literal["department", "aggregator", "coordinator", "witness"]
 
 FEDERATION_FILE = "federation.yaml"
 NODES_DIR = "nodes"
@@ -70,6 +71,16 @@ class RunningNode:
 
 def default_command(spec: NodeSpec) -> list[str]:
     """The command line that runs `spec` with this interpreter."""
+    if spec.role == "witness":
+        return [
+            sys.executable,
+            "-m",
+            "dataisland",
+            "witness",
+            "serve",
+            "--config",
+            str(spec.config),
+        ]
     if spec.role == "department":
         return [
             sys.executable,
@@ -113,7 +124,10 @@ def node_specs(directory: Path) -> tuple[Federation, list[NodeSpec]]:
     directory = directory.resolve()
     federation = load_federation(directory / FEDERATION_FILE)
     specs: list[NodeSpec] = []
-    wanted: list[tuple[str, Role]] = [(name, "department") for name in federation.departments]
+    wanted: list[tuple[str, Role]] = []
+    if federation.log is not None:
+        wanted += [(f"witness-{name}", "witness") for name in federation.log.witnesses]
+    wanted += [(name, "department") for name in federation.departments]
     wanted += [("aggregator", "aggregator"), ("coordinator", "coordinator")]
     for name, role in wanted:
         path = directory / NODES_DIR / f"{name}.yaml"
@@ -121,6 +135,11 @@ def node_specs(directory: Path) -> tuple[Federation, list[NodeSpec]]:
         if config.role != role:
             raise ConfigError(
                 f"node configuration {path}: role is {config.role!r}, expected {role!r}"
+            )
+        if role == "witness" and f"witness-{config.department}" != name:
+            raise ConfigError(
+                f"node configuration {path}: department is {config.department!r}, "
+                f"expected {name.removeprefix('witness-')!r}"
             )
         if role == "department" and config.department != name:
             raise ConfigError(
@@ -197,7 +216,7 @@ class FederationProcesses:
         self.stop()
 
     def start(self) -> None:
-        """Start the departments together, then the aggregator, then the coordinator.
+        """Start the witnesses, then the departments, then the aggregator, then the coordinator.
 
         Does nothing if the nodes are already running (so ``with`` after ``start()`` is safe).
 
@@ -209,6 +228,7 @@ class FederationProcesses:
             return
         (self.directory / LOGS_DIR).mkdir(exist_ok=True)
         groups = [
+            [s for s in self.specs if s.role == "witness"],
             [s for s in self.specs if s.role == "department"],
             [s for s in self.specs if s.role == "aggregator"],
             [s for s in self.specs if s.role == "coordinator"],

@@ -5,10 +5,12 @@ certificate against the requester department's pinned CA (and its revocation lis
 requester's signature over the envelope, freshness, the parameter opening, and that this
 (requester, request id) has not run here before.
 
-The seen-request set is kept in memory for the envelopes' freshness window: an envelope older
-than that is refused as stale anyway. After a restart the set is empty, so an envelope replayed
-within its freshness window to a restarted enclave would run again; the TEE issue rebuilds the
-set from the cosigned log.
+An envelope is admitted while it is at most APPROVAL_WINDOW old (a query may wait that long for
+officers' approvals); the department then requires the short MAX_AGE for queries that need no
+approval. The seen-request set is kept in memory for that whole window: an older envelope is
+refused as stale anyway. After a restart the set is empty, so an envelope replayed within its
+window to a restarted enclave would run again; the TEE issue rebuilds the set from the cosigned
+log.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from collections.abc import Callable
 
 import grpc
 
-from dataisland.envelopes import MAX_AGE, MAX_SKEW, CheckedEnvelope, check_signed_envelope
+from dataisland.envelopes import (
+    APPROVAL_WINDOW,
+    MAX_SKEW,
+    CheckedEnvelope,
+    check_signed_envelope,
+)
 from dataisland.errors import ReplayedEnvelopeError
 from dataisland.identity import Principal, UnauthenticatedError, load_certificate
 from dataisland.tls import Authenticator, require_role
@@ -65,11 +72,13 @@ class Admission:
         principal = self.authenticator.verify(certificate)
         require_role(principal, {"requester"}, rpc="queries")
         now = self.clock()
-        checked = check_signed_envelope(signed, signer=certificate, now=now)
+        checked = check_signed_envelope(
+            signed, signer=certificate, now=now, max_age=APPROVAL_WINDOW
+        )
         if once:
             key = (principal.spiffe_id, checked.envelope.request_id)
             with self._lock:
-                horizon = now - MAX_AGE - MAX_SKEW
+                horizon = now - APPROVAL_WINDOW - MAX_SKEW
                 for stale in [k for k, issued in self._seen.items() if issued < horizon]:
                     del self._seen[stale]
                 if key in self._seen:

@@ -22,7 +22,7 @@ from dataisland.v1 import common_pb2, enclave_pb2, enclave_pb2_grpc
 from enclave.admission import Admission
 from enclave.engine import DuckDBMergeEngine, Lockdown
 from enclave.planner import merge_partials, plan_query
-from policies.sqlfront import parse_query
+from policies.templates import parse_envelope_query
 
 
 def ipc_to_arrow(payload: bytes, *, department: str) -> pa.Table:
@@ -69,10 +69,11 @@ class Aggregator(enclave_pb2_grpc.AggregatorServiceServicer):
     ) -> enclave_pb2.MergePartialsResponse:
         self.admission.coordinator(context, rpc="MergePartials")
         checked, _requester = self.admission.admit(request.envelope, once=True)
-        parsed = parse_query(checked.envelope.sql, catalog=self.catalog)
+        parsed = parse_envelope_query(checked, self.catalog)
         plan = plan_query(parsed, self.catalog)
         expected_hash = query_hash(parsed.canonical_sql).hex()
         partials: dict[str, pa.Table] = {}
+        thresholds: dict[str, int] = {}
         for partial in request.partials:
             if partial.query_hash != expected_hash:
                 raise InvalidInputError(
@@ -87,7 +88,9 @@ class Aggregator(enclave_pb2_grpc.AggregatorServiceServicer):
             partials[partial.department] = ipc_to_arrow(
                 partial.payload, department=partial.department
             )
-        merged = merge_partials(plan, partials, self.engine)
+            thresholds[partial.department] = partial.k
+        outcome = merge_partials(plan, partials, self.engine, k=thresholds)
+        merged = outcome.result
         if merged.table.num_rows > self.max_result_rows:
             raise ResourceLimitError(
                 f"the result has more than {self.max_result_rows} rows; aggregate more coarsely"
@@ -98,6 +101,6 @@ class Aggregator(enclave_pb2_grpc.AggregatorServiceServicer):
             columns=columns,
             rows=rows,
             result_digest=result.digest().hex(),
-            suppressed=False,
+            suppressed=outcome.suppressed,
             query_hash=expected_hash,
         )

@@ -5,26 +5,34 @@ plans the SQL with the shared code, and executes only the partial SQL regenerate
 tree. Only the partial (grouped aggregates and distinct-unit counts) leaves.
 
 The caller must be the coordinator and the envelope a requester's own (enclave/admission.py).
-This module does not yet check policies or attestation (the Policies and TEE issues add them
-here); it does not merge or release anything.
+The query is judged by this department's own policy alone, verified against the officer keys this
+department pins and re-read on every query; a query that needs approval runs only with a valid
+approval of one of its officers bound to this very envelope. The threshold k and the policy hash
+travel inside the partial. This module does not yet check attestation (the TEE issue) and does
+not merge or release anything.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
 
 import grpc
 import pyarrow as pa
 
 from dataisland.canonical import query_hash
 from dataisland.catalog import Catalog
-from dataisland.errors import PermissionDeniedError, SchemaMismatchError
+from dataisland.envelopes import APPROVAL_WINDOW, MAX_AGE, CheckedEnvelope, check_fresh
+from dataisland.errors import InvalidInputError, PermissionDeniedError, SchemaMismatchError
 from dataisland.rpc import guarded
 from dataisland.v1 import common_pb2, enclave_pb2, enclave_pb2_grpc
 from enclave.admission import Admission
 from enclave.planner import plan_query
 from enclave.shard import Shard
-from policies.sqlfront import parse_query
+from policies.approvals import ApprovalError, verify_approval
+from policies.checker import Verdict, check
+from policies.keeper import PolicyKeeper
+from policies.templates import parse_envelope_query
 
 VERSIONS_KEYS = ("duckdb", "sqlglot")
 
@@ -70,9 +78,14 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
         query_timeout: float,
         versions: Mapping[str, str],
         admission: Admission,
+        keeper: PolicyKeeper,
+        read_policy: Callable[[], tuple[bytes, bytes]],
     ) -> None:
         self.department = department
         self.admission = admission
+        self.keeper = keeper
+        self.officers = keeper.officers
+        self.read_policy = read_policy
         self.catalog = catalog
         self.shard = shard
         self.query_timeout = query_timeout
@@ -103,13 +116,36 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
         self, request: enclave_pb2.ExecutePartialRequest, context: grpc.ServicerContext
     ) -> enclave_pb2.ExecutePartialResponse:
         self.admission.coordinator(context, rpc="ExecutePartial")
-        checked, _requester = self.admission.admit(request.envelope, once=True)
-        parsed = parse_query(checked.envelope.sql, catalog=self.catalog)
+        checked, requester = self.admission.admit(request.envelope, once=True)
+        parsed = parse_envelope_query(checked, self.catalog)
         plan = plan_query(parsed, self.catalog)
         if self.department not in plan.departments:
             raise PermissionDeniedError(
                 f"department {self.department} holds none of the tables {list(parsed.tables)}"
             )
+        policy = self.keeper.accept(*self.read_policy())
+        now = self.admission.clock()
+        decision = check(
+            parsed,
+            requester=requester,
+            purpose=checked.envelope.purpose,
+            policies={self.department: policy},
+            catalog=self.catalog,
+            now=now,
+            only={self.department},
+        )
+        if decision.verdict is Verdict.DENY:
+            raise PermissionDeniedError(
+                f"{self.department}'s policy denies the query: "
+                + "; ".join(str(r) for r in decision.reasons if r.denies)
+            )
+        if decision.verdict is Verdict.NEEDS_APPROVAL:
+            self._require_approval(
+                request.approvals, checked, requester.spiffe_id, policy.hash, now
+            )
+        else:
+            # Only an approved query may be older than the usual freshness window.
+            check_fresh(checked.envelope, now=now, max_age=MAX_AGE)
         remaining = context.time_remaining()
         timeout = self.query_timeout if remaining is None else min(self.query_timeout, remaining)
         partial = self.shard.run(plan.partial_sql, timeout=timeout)
@@ -120,5 +156,45 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
                 query_hash=query_hash(parsed.canonical_sql).hex(),
                 encoding=enclave_pb2.PARTIAL_ENCODING_ARROW_IPC,
                 payload=arrow_to_ipc(partial.table),
+                k=decision.k[self.department],
+                policy_hashes={self.department: policy.hash},
             )
+        )
+
+    def _require_approval(
+        self,
+        approvals: Sequence[common_pb2.Approval],
+        checked: CheckedEnvelope,
+        requester: str,
+        policy_hash: str,
+        now: dt.datetime,
+    ) -> None:
+        """Accept the query only with one valid approval by an officer of this department.
+
+        Raises:
+            ApprovalError: no approval of this department, or every one of them fails.
+        """
+        failures = []
+        for item in approvals:
+            try:
+                verify_approval(
+                    item.approval,
+                    item.signature,
+                    officers=self.officers,
+                    department=self.department,
+                    envelope_digest=checked.envelope.digest().hex(),
+                    requester=requester,
+                    purpose=checked.envelope.purpose,
+                    policy_hash=policy_hash,
+                    now=now,
+                    latest_expiry=checked.envelope.issued_at + APPROVAL_WINDOW,
+                )
+                return
+            except ApprovalError as exc:
+                failures.append(str(exc))
+            except InvalidInputError:
+                continue  # another department's record, or not one at all: not ours to judge
+        detail = f" ({'; '.join(failures)})" if failures else ""
+        raise ApprovalError(
+            f"{self.department}'s policy needs an officer's approval of this query{detail}"
         )

@@ -9,15 +9,24 @@ departments into the answer one database holding all the rows would give (the me
 - VAR_*/STDDEV_* -> count, mean and M2 (= var_pop * count) per shard, combined with the
   parallel formula of Chan, Golub and LeVeque, which is numerically stable: no sum of squares.
 
-Each partial also carries, per group, the number of distinct privacy units (`__units`) and, per
-FILTER'd aggregate, the distinct units that pass its filter (`__units_<i>`), for the release
-rules. `merge_partials` checks that every expected department answered, stacks the partials
-with Arrow and runs the merge through an engine it is given.
+Each partial also carries, per group, the number of distinct privacy units (`__units`) and,
+per aggregate cell that does not simply count the group's rows, the distinct units whose values
+enter that cell (`__units_<j>`: those passing its FILTER and with a non-NULL argument, so a CASE
+that keeps one person's value is counted as one unit). `merge_partials` checks that every
+expected department answered, stacks the partials with Arrow and runs the merge through an
+engine it is given.
 
-This module does not: open a database or import DuckDB (engines are passed in), apply release
-rules (k, suppression) - a later stage wraps the merge - or check policies. It plans joins only
-between tables held entirely by one department; anything needing rows from two departments is
-refused, never answered approximately.
+The release rules are part of the merge, before any arithmetic in the select list and before
+HAVING, ORDER BY and LIMIT: a group is released only if every department's non-empty share has
+at least that department's k units and the largest share has at least the strictest k (the
+largest share is a proven lower bound of the distinct units in total, since one person may
+appear in several departments); a failing group is dropped, key and all (a global aggregate
+with no surviving share gives no row). A cell is checked the same way on its own units and,
+when it fails, is NULL in every expression that uses it, HAVING and ORDER BY included.
+
+This module does not: open a database or import DuckDB (engines are passed in) or check
+policies. It plans joins only between tables held entirely by one department; anything needing
+rows from two departments is refused, never answered approximately.
 """
 
 from __future__ import annotations
@@ -55,6 +64,12 @@ DEPARTMENT_COLUMN = "__department"
 UNITS_COLUMN = "__units"
 """The partial column holding the distinct privacy units of each group."""
 
+K_COLUMN = "__k"
+"""The column `merge_partials` adds to each partial: its department's threshold k."""
+
+KMAX_COLUMN = "__kmax"
+"""The column `merge_partials` adds to each partial: the strictest k of all departments."""
+
 _INTEGER_TYPES = frozenset(
     {
         "TINYINT",
@@ -89,13 +104,16 @@ class FederatedPlan:
         output_names: the merge's output column names, as DuckDB names them for the
             canonical query.
         unit_columns: the partial columns holding distinct privacy-unit counts
-            (`__units`, then `__units_<i>` per FILTER'd aggregate).
+            (`__units`, then `__units_<j>` per aggregate cell with units of its own).
         partial_columns: every partial column, in order (`merge_partials` checks them).
         group_columns: the partial columns holding the GROUP BY keys (`__g0`, ...).
+        suppression_sql: counts, over the same inputs as the merge, the groups dropped and the
+            cells nulled by the release rules (before HAVING), as `rows` and `cells`.
     """
 
     partial_sql: str
     merge_sql: str
+    suppression_sql: str
     departments: frozenset[str]
     output_names: tuple[str, ...]
     unit_columns: tuple[str, ...]
@@ -160,15 +178,17 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
     group_columns = tuple(f"__g{j}" for j in range(len(keys)))
 
     aggregates: dict[str, _Aggregate] = {}
-    filters: dict[str, str] = {}  # aggregate key -> unit column of its FILTER
+    cells: dict[str, str] = {}  # aggregate key -> its unit column, when not the group's
+    conditions: dict[str, str] = {}  # cell condition SQL -> its unit column
     for node in _aggregate_nodes(tree):
         agg_key = expression_key(node, single)
         if agg_key in aggregates:
             continue
-        i = len(aggregates)
-        aggregates[agg_key] = _decompose(node, i, column_types, group_columns)
-        if isinstance(node, exp.Filter):
-            filters[agg_key] = f"{UNITS_COLUMN}_{i}"
+        aggregates[agg_key] = _decompose(node, len(aggregates), column_types, group_columns)
+        condition = _cell_condition(node)
+        if condition is not None:
+            column = conditions.setdefault(condition, f"{UNITS_COLUMN}_{len(conditions)}")
+            cells[agg_key] = column
 
     # --- partial -------------------------------------------------------------------------
     items = [
@@ -180,13 +200,11 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
         for column, sql in agg.pieces:
             items.append(f"{sql} AS {column}")
             partial_columns.append(column)
-    items.append(f"count(DISTINCT {unit_sql}) AS {UNITS_COLUMN}")
+    items.append(f"{_units(unit_sql)} AS {UNITS_COLUMN}")
     partial_columns.append(UNITS_COLUMN)
     unit_columns = [UNITS_COLUMN]
-    for agg_key, column in filters.items():
-        node = next(n for n in _aggregate_nodes(tree) if expression_key(n, single) == agg_key)
-        condition = node.expression.this.sql(dialect=DIALECT)
-        items.append(f"count(DISTINCT {unit_sql}) FILTER (WHERE {condition}) AS {column}")
+    for condition, column in conditions.items():
+        items.append(f"{_units(unit_sql, condition)} AS {column}")
         partial_columns.append(column)
         unit_columns.append(column)
     from_sql = _from_sql(tree)
@@ -197,7 +215,12 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
     # --- merge ---------------------------------------------------------------------------
     def rewrite(node: exp.Expr) -> exp.Expr:
         if is_aggregate(node):
-            merged = aggregates[expression_key(node, single)].merged
+            agg_key = expression_key(node, single)
+            merged = aggregates[agg_key].merged
+            unit_column = cells.get(agg_key)
+            if unit_column is not None:
+                # A cell failing its own k is NULL wherever it is used.
+                merged = f"CASE WHEN {_passes(unit_column)} THEN {merged} END"
             return exp.Paren(this=exp.maybe_parse(merged, dialect=DIALECT))
         j = key_index.get(expression_key(node, single))
         if j is not None:
@@ -239,9 +262,13 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
     merge_sql = f"SELECT {', '.join(outputs)} FROM {source}"
     if keys:
         merge_sql += " GROUP BY " + ", ".join(group_columns)
+    # The release rule for the whole row comes first; a global aggregate with no unit fails it
+    # too (its max is NULL), so it gives no row.
+    having_terms = [_passes(UNITS_COLUMN)]
     having = tree.args.get("having")
     if having is not None:
-        merge_sql += " HAVING " + rewrite_post(having.this).sql(dialect=DIALECT)
+        having_terms.append(f"({rewrite_post(having.this).sql(dialect=DIALECT)})")
+    merge_sql += " HAVING " + " AND ".join(having_terms)
     order = tree.args.get("order")
     if order is not None:
         terms = []
@@ -269,11 +296,64 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
     return FederatedPlan(
         partial_sql=partial_sql,
         merge_sql=merge_sql,
+        suppression_sql=_suppression_sql(unit_columns, group_columns),
         departments=departments,
         output_names=parsed.output_names,
         unit_columns=tuple(unit_columns),
         partial_columns=tuple(partial_columns),
         group_columns=group_columns,
+    )
+
+
+def _cell_condition(node: exp.Expr) -> str | None:
+    """Which rows' units a cell stands for, if not simply its group's rows.
+
+    A FILTER restricts the cell to its condition; an argument restricts it to rows where the
+    argument is not NULL (a CASE without ELSE keeps only the rows it selects).
+    """
+    terms = []
+    base = node
+    if isinstance(node, exp.Filter):
+        terms.append(f"({node.expression.this.sql(dialect=DIALECT)})")
+        base = node.this
+    arg = base.this
+    if arg is not None and not isinstance(arg, exp.Star):
+        terms.append(f"({arg.sql(dialect=DIALECT)}) IS NOT NULL")
+    return " AND ".join(terms) if terms else None
+
+
+def _units(unit_sql: str, condition: str | None = None) -> str:
+    """Distinct privacy units, with every row whose unit is NULL counted together as one.
+
+    Counting NULL as a unit keeps 0 meaning "no rows", so rows without a unit can never hide
+    in a share the release rules take for empty.
+    """
+    where = f" FILTER (WHERE {condition})" if condition else ""
+    null_unit = f"COALESCE(max(CASE WHEN {unit_sql} IS NULL THEN 1 ELSE 0 END){where}, 0)"
+    return f"(count(DISTINCT {unit_sql}){where} + {null_unit})"
+
+
+def _passes(unit_column: str) -> str:
+    """Whether one group's (or cell's) units, over its departments' partial rows, may be released.
+
+    Each department's non-empty share must reach that department's k; the largest share (a
+    lower bound of the distinct units in total) must reach the strictest k of all departments.
+    """
+    return (
+        f"COALESCE(bool_and({unit_column} = 0 OR {unit_column} >= {K_COLUMN}) "
+        f"AND max({unit_column}) >= max({KMAX_COLUMN}), false)"
+    )
+
+
+def _suppression_sql(unit_columns: list[str], group_columns: tuple[str, ...]) -> str:
+    groups = f" GROUP BY {', '.join(group_columns)}" if group_columns else ""
+    flags = ", ".join(f"{_passes(u)} AS ok{j}" for j, u in enumerate(unit_columns))
+    cells = " + ".join(
+        f"count(*) FILTER (WHERE ok0 AND NOT ok{j})" for j in range(1, len(unit_columns))
+    )
+    return (
+        f"SELECT count(*) FILTER (WHERE NOT ok0) AS rows, CAST({cells or '0'} AS BIGINT) AS cells "
+        f"FROM (SELECT {flags} FROM {PARTIALS_RELATION}{groups})"
     )
 
 
@@ -401,25 +481,50 @@ def _decompose(
     return _Aggregate(pieces, make(), window)
 
 
+@dataclass(frozen=True)
+class MergeOutcome:
+    """The released result, and how much the release rules withheld (never shown as counts to
+    the requester: it learns only whether anything was withheld)."""
+
+    result: EngineResult
+    suppressed_rows: int
+    suppressed_cells: int
+
+    @property
+    def suppressed(self) -> bool:
+        """Whether the release rules dropped a row or nulled a cell."""
+        return self.suppressed_rows > 0 or self.suppressed_cells > 0
+
+
 def merge_partials(
-    plan: FederatedPlan, partials: Mapping[str, pa.Table], engine: MergeEngine
-) -> EngineResult:
-    """Stack every department's partial and run the plan's merge.
+    plan: FederatedPlan,
+    partials: Mapping[str, pa.Table],
+    engine: MergeEngine,
+    *,
+    k: Mapping[str, int],
+) -> MergeOutcome:
+    """Stack every department's partial, apply the release rules and run the plan's merge.
 
     Args:
         plan: the plan the partials were computed for.
         partials: department name to that department's partial result.
         engine: runs the merge SQL over the stacked partials.
+        k: each department's threshold, as its own signed partial declared it.
 
     Returns:
-        The merged result and its DuckDB column types.
+        The released result with its DuckDB column types, and what was suppressed.
 
     Raises:
         MissingPartialError: a department in `plan.departments` sent no partial.
         InvalidInputError: a partial came from a department the plan does not expect.
         SchemaMismatchError: a partial's columns are not the plan's partial columns, or the
             partials' column types differ.
+        InvalidInputError: `k` does not give every department a threshold of at least 1.
     """
+    if set(k) != set(plan.departments) or any(
+        not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in k.values()
+    ):
+        raise InvalidInputError("every department's partial must declare a threshold k >= 1")
     missing = plan.departments - set(partials)
     if missing:
         raise MissingPartialError(f"no partial from department(s) {', '.join(sorted(missing))}")
@@ -436,10 +541,24 @@ def merge_partials(
             raise SchemaMismatchError(
                 f"the partial from {department} does not have the plan's columns"
             )
-        label = pa.repeat(pa.scalar(department, pa.string()), table.num_rows)
-        stacked.append(table.append_column(DEPARTMENT_COLUMN, label))
+        rows = table.num_rows
+        table = table.append_column(
+            DEPARTMENT_COLUMN, pa.repeat(pa.scalar(department, pa.string()), rows)
+        )
+        table = table.append_column(K_COLUMN, pa.repeat(pa.scalar(k[department], pa.int64()), rows))
+        stacked.append(
+            table.append_column(
+                KMAX_COLUMN, pa.repeat(pa.scalar(max(k.values()), pa.int64()), rows)
+            )
+        )
     try:
         union = pa.concat_tables(stacked, promote_options="default")
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         raise SchemaMismatchError("the departments' partials have different column types") from None
-    return engine.run(plan.merge_sql, {PARTIALS_RELATION: union})
+    tables = {PARTIALS_RELATION: union}
+    counts = engine.run(plan.suppression_sql, tables).table.to_pylist()[0]
+    return MergeOutcome(
+        result=engine.run(plan.merge_sql, tables),
+        suppressed_rows=int(counts["rows"] or 0),
+        suppressed_cells=int(counts["cells"] or 0),
+    )

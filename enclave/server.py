@@ -21,6 +21,7 @@ from enclave.aggregator import Aggregator
 from enclave.department import DepartmentEnclave
 from enclave.engine import Lockdown
 from enclave.shard import Shard
+from policies.keeper import PolicyKeeper
 
 VERSIONS = {name: version(name) for name in ("duckdb", "sqlglot")}
 
@@ -53,6 +54,7 @@ def serve_department(config: NodeConfig) -> None:
     if config.department not in federation.departments:
         raise ConfigError(f"department {config.department!r} is not in the federation file")
     admission, credentials = _security(federation, config)
+    department = config.department
     shard = Shard(config.shard, Lockdown(threads=config.threads, memory_limit=config.memory_limit))
     servicer = DepartmentEnclave(
         department=config.department,
@@ -61,6 +63,12 @@ def serve_department(config: NodeConfig) -> None:
         query_timeout=config.query_timeout_seconds,
         versions=VERSIONS,
         admission=admission,
+        keeper=PolicyKeeper(
+            department=config.department,
+            officers=federation.officer_keys(config.department),
+            required=federation.departments[config.department].signatures_required,
+        ),
+        read_policy=lambda: federation.read_policy(department),
     )
 
     def register(server: grpc.Server) -> None:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -1410,6 +1410,7 @@ def check(
     policies: Mapping[str, Policy],
     catalog: Catalog,
     now: dt.datetime,
+    only: Collection[str] | None = None,
 ) -> Decision:
     """Judge a parsed query against the policy of every department holding its tables.
 
@@ -1425,6 +1426,8 @@ def check(
         policies: department to its active, verified policy.
         catalog: the federation's tables (holders, privacy units, column types).
         now: the time the decision is made (aware).
+        only: judge only these owners (a department enclave judges by its own policy alone;
+            the other owners' enclaves judge by theirs). None judges every owner.
 
     Returns:
         The decision; a DENY lists every problem found, not only the first.
@@ -1452,6 +1455,8 @@ def check(
     uses: dict[str, tuple[str, str, str, dict[str, str]]] = {}
     approvals: list[Reason] = []
     for department, tables in sorted(owners.items()):
+        if only is not None and department not in only:
+            continue
         policy = policies.get(department)
         if policy is None:
             reasons.append(

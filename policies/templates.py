@@ -26,7 +26,9 @@ from dataclasses import dataclass
 import sqlglot
 from sqlglot import exp
 
-from dataisland.errors import MalformedQueryError, UnsupportedQueryError
+from dataisland.catalog import Catalog
+from dataisland.envelopes import CheckedEnvelope
+from dataisland.errors import InvalidInputError, MalformedQueryError, UnsupportedQueryError
 from policies.document import ParameterType
 from policies.sqlfront import DIALECT, ParsedQuery, parse_query
 
@@ -251,3 +253,24 @@ def bind_parameters(sql: str, values: Mapping[str, BindValue]) -> str:
     if unused:
         raise TemplateError(f"values given for parameters the query does not use: {unused}")
     return tree.sql(dialect=DIALECT)
+
+
+def parse_envelope_query(checked: CheckedEnvelope, catalog: Catalog) -> ParsedQuery:
+    """Parse the envelope's SQL, its parameters bound into the tree (never pasted as text).
+
+    Raises:
+        MalformedQueryError, UnsupportedQueryError, UnknownTableError: as the SQL front says.
+        TemplateError: the parameters do not fit the SQL's placeholders.
+    """
+    sql = checked.envelope.sql
+    if checked.params:
+        values = {}
+        for param in checked.params:
+            value = param.python_value()
+            if not isinstance(value, str | int | bool | dt.date):
+                raise InvalidInputError(
+                    f"parameter {param.name} has an unsupported type {param.type}"
+                )
+            values[param.name] = value
+        sql = bind_parameters(sql, values)
+    return parse_query(sql, catalog=catalog)

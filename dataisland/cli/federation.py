@@ -20,7 +20,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -38,7 +38,16 @@ from rich.progress import (
 from rich.table import Table
 
 from dataisland.cli.app import console, err_console, friendly_errors, main
+from dataisland.cli.demo_policies import run_policy_scenes
 from dataisland.cli.identity import provision_local
+from dataisland.cli.officers import (
+    LOCAL_OFFICER,
+    POLICIES_DIR,
+    demo_policy_text,
+    provision_officers,
+    write_signed_policy,
+)
+from dataisland.cli.witness import coordinator_log_yaml, provision_audit_log
 from dataisland.errors import (
     ConfigError,
     DataislandError,
@@ -90,7 +99,12 @@ _FEDERATION_HEADER = """\
 
 
 def _federation_text(
-    *, name: str, departments: Sequence[str], base_port: int, development: bool
+    *,
+    name: str,
+    departments: Sequence[str],
+    base_port: int,
+    development: bool,
+    officers: Mapping[str, str],
 ) -> str:
     lines = [_FEDERATION_HEADER, f"federation: {name}", ""]
     lines += [
@@ -106,6 +120,9 @@ def _federation_text(
             f"    enclave: 127.0.0.1:{base_port + 2 + index}",
             f"    ca: identity/{department}/ca.crt",
             f"    revocations: identity/{department}/revocations.crl",
+            f"    policy: {POLICIES_DIR}/{department}.yaml",
+            "    # The only keys whose signatures make its policy or approvals valid.",
+            f"    officers: {{{LOCAL_OFFICER}: {officers[department]}}}",
         ]
     lines += [
         "",
@@ -257,8 +274,9 @@ def init_federation(
 ) -> Federation:
     """Write a new federation directory: federation file, node files, empty shards.
 
-    The coordinator listens on `base_port`, the aggregator on `base_port + 1` and the
-    departments on the ports after that, in the order given. ``claims`` is held by every
+    The coordinator listens on `base_port`, the aggregator on `base_port + 1`, the
+    departments on the ports after that, in the order given, then the audit log's witnesses
+    (one per department, then the committee's). ``claims`` is held by every
     department; ``water_readings`` by the first two (upstream, downstream).
 
     Raises:
@@ -266,8 +284,10 @@ def init_federation(
             invalid or repeated, the ports do not fit, or the written files do not validate.
     """
     departments = parse_departments(",".join(departments))
-    if not 1 <= base_port <= 65535 - 2 - len(departments):
-        raise ConfigError(f"base port {base_port} leaves no room for {len(departments) + 2} nodes")
+    if not 1 <= base_port <= 65535 - 3 - 2 * len(departments):
+        raise ConfigError(
+            f"base port {base_port} leaves no room for {2 * len(departments) + 3} nodes"
+        )
     if directory.exists():
         if not directory.is_dir():
             raise ConfigError(f"{directory} exists and is not a directory")
@@ -280,7 +300,11 @@ def init_federation(
     federation_path = directory / FEDERATION_FILE
     federation_path.write_text(
         _federation_text(
-            name=name, departments=departments, base_port=base_port, development=development
+            name=name,
+            departments=departments,
+            base_port=base_port,
+            development=development,
+            officers=provision_officers(directory, departments),
         ),
         encoding="utf-8",
     )
@@ -299,13 +323,28 @@ def init_federation(
             _department_node_text(department, base_port + 2 + index), encoding="utf-8"
         )
     (nodes / "aggregator.yaml").write_text(_aggregator_node_text(base_port + 1), encoding="utf-8")
-    (nodes / "coordinator.yaml").write_text(_coordinator_node_text(base_port), encoding="utf-8")
+    (nodes / "coordinator.yaml").write_text(
+        _coordinator_node_text(base_port) + coordinator_log_yaml(COMMITTEE), encoding="utf-8"
+    )
+    log_section = provision_audit_log(
+        directory,
+        federation=federation.federation,
+        departments=departments,
+        committee=COMMITTEE,
+        dns_name=federation.dns_name,
+        first_port=base_port + 2 + len(departments),
+    )
+    with federation_path.open("a", encoding="utf-8") as handle:
+        handle.write(log_section)
+    federation = load_federation(federation_path)
     for node_file in sorted(nodes.iterdir()):
         load_node_config(node_file)
 
     for department in departments:
         held = {t: entry for t, entry in federation.tables.items() if department in entry.holders}
         create_shard(directory / SHARDS_DIR / f"{department}.duckdb", held)
+        policy_text = demo_policy_text(department, departments=departments, tables=held)
+        write_signed_policy(directory, department, policy_text)
     return federation
 
 
@@ -351,6 +390,9 @@ def init_command(
         table.add_row(dept, "department", entry.enclave, ", ".join(held))
     table.add_row("aggregator", "committee", federation.committee.aggregator, "")
     table.add_row("coordinator", "committee", federation.committee.coordinator, "")
+    if federation.log is not None:
+        for witness, entry in federation.log.witnesses.items():
+            table.add_row(f"witness-{witness}", "witness", entry.address, "")
     console.print(table)
     console.print(
         f"next: [bold]dataisland shard load {directory} --department D --table T FILE[/], "
@@ -769,7 +811,7 @@ def run_demo(directory: Path, *, rows: int, seed: int) -> int:
 
     started = time.monotonic()
     departments = list(DEFAULT_DEPARTMENTS)
-    base_port = free_base_port(len(departments) + 2)
+    base_port = free_base_port(2 * len(departments) + 3)
     with console.status("writing the federation directory and synthetic shards"):
         federation = init_federation(
             directory, departments, name="demonstration_zone", base_port=base_port
@@ -807,6 +849,9 @@ def run_demo(directory: Path, *, rows: int, seed: int) -> int:
             else:
                 failures += 1
                 err_console.print("[bold red]the row-level query was not refused[/]")
+            failures += run_policy_scenes(
+                directory, departments, client=client, console=console, show=_result_table
+            )
     console.print(f"stopped every node; demo took {time.monotonic() - started:.1f}s")
     return failures
 

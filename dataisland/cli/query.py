@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from rich.table import Table
 
 from dataisland.cli.app import console, friendly_errors, main
 from dataisland.client import Client, QueryResult
-from dataisland.federation import load_federation
+from dataisland.federation import Federation, load_federation
 
 
 def result_table(result: QueryResult, *, title: str | None = None) -> Table:
@@ -44,6 +45,11 @@ def result_table(result: QueryResult, *, title: str | None = None) -> Table:
 )
 @click.option("--purpose", default="ad-hoc analysis", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print JSON for machines")
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="print the decision of every owner's policy and why, without running anything",
+)
 @click.option("--timeout", default=60.0, show_default=True, help="seconds to wait for the answer")
 @click.argument("sql")
 @friendly_errors
@@ -52,13 +58,17 @@ def query(
     identity: str | None,
     purpose: str,
     as_json: bool,
+    explain: bool,
     timeout: float,
     sql: str,
 ) -> None:
     """Run SQL across the federation and print the released result."""
+    federation = load_federation(federation_dir / "federation.yaml")
     if identity is None:
-        federation = load_federation(federation_dir / "federation.yaml")
         identity = f"{next(iter(federation.departments))}/requester/analyst"
+    if explain:
+        _explain(federation, identity, purpose, sql, as_json=as_json)
+        return
     with Client.from_federation(federation_dir, identity=identity, timeout=timeout) as client:
         result = client.query(sql, purpose=purpose)
     if as_json:
@@ -69,3 +79,51 @@ def query(
         f"[dim]{len(result.rows)} rows · query {result.status.query_id} · "
         f"result digest {result.digest[:16]}…[/]"
     )
+
+
+def _explain(
+    federation: Federation, identity: str, purpose: str, sql: str, *, as_json: bool
+) -> None:
+    """The early answer, computed here from the directory's signed policies."""
+    from dataisland.cli.approvals import verified_policies
+    from dataisland.identity import Principal
+    from policies.checker import check
+    from policies.sqlfront import parse_query
+
+    department, role, name = identity.split("/")
+    decision = check(
+        parse_query(sql, catalog=federation.catalog()),
+        requester=Principal(federation.federation, department, role, name),
+        purpose=purpose,
+        policies=verified_policies(federation),
+        catalog=federation.catalog(),
+        now=dt.datetime.now(dt.UTC),
+    )
+    if as_json:
+        reasons = [
+            {
+                "rule": r.rule,
+                "department": r.department,
+                "table": r.table,
+                "column": r.column,
+                "function": r.function,
+                "message": r.message,
+            }
+            for r in decision.reasons
+        ]
+        click.echo(
+            json.dumps(
+                {
+                    "decision": decision.verdict.value,
+                    "reasons": reasons,
+                    "k": dict(decision.k),
+                    "policy_hashes": dict(decision.policy_hashes),
+                }
+            )
+        )
+        return
+    console.print(f"[bold]{decision.verdict.value}[/] for {identity}, purpose {purpose!r}")
+    for reason in decision.reasons:
+        console.print(f"  • {reason}")
+    if decision.k:
+        console.print(f"  k by owner: {dict(decision.k)}")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64\x61taisland/v1/common.proto\x12\rdataisland.v1\"\x94\x01\n\x0eSignedEnvelope\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12)\n\x06params\x18\x03 \x03(\x0b\x32\x19.dataisland.v1.TypedParam\x12\x13\n\x0bparams_salt\x18\x04 \x01(\x0c\x12\x1d\n\x15requester_certificate\x18\x05 \x01(\x0c\"F\n\nTypedParam\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x12\n\x05value\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_value\"$\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"#\n\x05Value\x12\x11\n\x04text\x18\x01 \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_text\"+\n\x03Row\x12$\n\x06values\x18\x01 \x03(\x0b\x32\x14.dataisland.v1.Value\"X\n\x06Reason\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\t\x12\x10\n\x08\x66unction\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\",\n\x0b\x45rrorDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64\x61taisland/v1/common.proto\x12\rdataisland.v1\"\x94\x01\n\x0eSignedEnvelope\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12)\n\x06params\x18\x03 \x03(\x0b\x32\x19.dataisland.v1.TypedParam\x12\x13\n\x0bparams_salt\x18\x04 \x01(\x0c\x12\x1d\n\x15requester_certificate\x18\x05 \x01(\x0c\"/\n\x08\x41pproval\x12\x10\n\x08\x61pproval\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"F\n\nTypedParam\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x12\n\x05value\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_value\"$\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"#\n\x05Value\x12\x11\n\x04text\x18\x01 \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_text\"+\n\x03Row\x12$\n\x06values\x18\x01 \x03(\x0b\x32\x14.dataisland.v1.Value\"X\n\x06Reason\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\t\x12\x10\n\x08\x66unction\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\",\n\x0b\x45rrorDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,16 +33,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SIGNEDENVELOPE']._serialized_start=46
   _globals['_SIGNEDENVELOPE']._serialized_end=194
-  _globals['_TYPEDPARAM']._serialized_start=196
-  _globals['_TYPEDPARAM']._serialized_end=266
-  _globals['_COLUMN']._serialized_start=268
-  _globals['_COLUMN']._serialized_end=304
-  _globals['_VALUE']._serialized_start=306
-  _globals['_VALUE']._serialized_end=341
-  _globals['_ROW']._serialized_start=343
-  _globals['_ROW']._serialized_end=386
-  _globals['_REASON']._serialized_start=388
-  _globals['_REASON']._serialized_end=476
-  _globals['_ERRORDETAIL']._serialized_start=478
-  _globals['_ERRORDETAIL']._serialized_end=522
+  _globals['_APPROVAL']._serialized_start=196
+  _globals['_APPROVAL']._serialized_end=243
+  _globals['_TYPEDPARAM']._serialized_start=245
+  _globals['_TYPEDPARAM']._serialized_end=315
+  _globals['_COLUMN']._serialized_start=317
+  _globals['_COLUMN']._serialized_end=353
+  _globals['_VALUE']._serialized_start=355
+  _globals['_VALUE']._serialized_end=390
+  _globals['_ROW']._serialized_start=392
+  _globals['_ROW']._serialized_end=435
+  _globals['_REASON']._serialized_start=437
+  _globals['_REASON']._serialized_end=525
+  _globals['_ERRORDETAIL']._serialized_start=527
+  _globals['_ERRORDETAIL']._serialized_end=571
 # @@protoc_insertion_point(module_scope)

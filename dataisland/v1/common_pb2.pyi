@@ -63,6 +63,32 @@ class SignedEnvelope(_message.Message):
 Global___SignedEnvelope: _TypeAlias = SignedEnvelope  # noqa: Y015
 
 @_typing.final
+class Approval(_message.Message):
+    """An officer's signed approval of one envelope (docs/policies.md: the approval record)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVAL_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    approval: _builtins.bytes
+    """RFC 8785 JSON of the approval record."""
+    signature: _builtins.bytes
+    """Ed25519 signature over `approval` by an officer key the department pins."""
+    def __init__(
+        self,
+        *,
+        approval: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Approval: _TypeAlias = Approval  # noqa: Y015
+
+@_typing.final
 class TypedParam(_message.Message):
     """One typed query parameter, its value in the canonical cell encoding."""
 

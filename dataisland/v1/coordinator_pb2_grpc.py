@@ -61,6 +61,21 @@ class CoordinatorServiceStub:
                 request_serializer=dataisland_dot_v1_dot_coordinator__pb2.CancelQueryRequest.SerializeToString,
                 response_deserializer=dataisland_dot_v1_dot_coordinator__pb2.CancelQueryResponse.FromString,
                 _registered_method=True)
+        self.ListPendingApprovals = channel.unary_unary(
+                '/dataisland.v1.CoordinatorService/ListPendingApprovals',
+                request_serializer=dataisland_dot_v1_dot_coordinator__pb2.ListPendingApprovalsRequest.SerializeToString,
+                response_deserializer=dataisland_dot_v1_dot_coordinator__pb2.ListPendingApprovalsResponse.FromString,
+                _registered_method=True)
+        self.ApproveQuery = channel.unary_unary(
+                '/dataisland.v1.CoordinatorService/ApproveQuery',
+                request_serializer=dataisland_dot_v1_dot_coordinator__pb2.ApproveQueryRequest.SerializeToString,
+                response_deserializer=dataisland_dot_v1_dot_coordinator__pb2.ApproveQueryResponse.FromString,
+                _registered_method=True)
+        self.DenyQuery = channel.unary_unary(
+                '/dataisland.v1.CoordinatorService/DenyQuery',
+                request_serializer=dataisland_dot_v1_dot_coordinator__pb2.DenyQueryRequest.SerializeToString,
+                response_deserializer=dataisland_dot_v1_dot_coordinator__pb2.DenyQueryResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -104,6 +119,27 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPendingApprovals(self, request, context):
+        """Officers: the queries waiting for their department's approval.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveQuery(self, request, context):
+        """Officers: approve a pending query with a signed approval of their department.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DenyQuery(self, request, context):
+        """Officers: deny a pending query (any one owning department may).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +167,21 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.CancelQuery,
                     request_deserializer=dataisland_dot_v1_dot_coordinator__pb2.CancelQueryRequest.FromString,
                     response_serializer=dataisland_dot_v1_dot_coordinator__pb2.CancelQueryResponse.SerializeToString,
+            ),
+            'ListPendingApprovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPendingApprovals,
+                    request_deserializer=dataisland_dot_v1_dot_coordinator__pb2.ListPendingApprovalsRequest.FromString,
+                    response_serializer=dataisland_dot_v1_dot_coordinator__pb2.ListPendingApprovalsResponse.SerializeToString,
+            ),
+            'ApproveQuery': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveQuery,
+                    request_deserializer=dataisland_dot_v1_dot_coordinator__pb2.ApproveQueryRequest.FromString,
+                    response_serializer=dataisland_dot_v1_dot_coordinator__pb2.ApproveQueryResponse.SerializeToString,
+            ),
+            'DenyQuery': grpc.unary_unary_rpc_method_handler(
+                    servicer.DenyQuery,
+                    request_deserializer=dataisland_dot_v1_dot_coordinator__pb2.DenyQueryRequest.FromString,
+                    response_serializer=dataisland_dot_v1_dot_coordinator__pb2.DenyQueryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +321,87 @@ class CoordinatorService:
             '/dataisland.v1.CoordinatorService/CancelQuery',
             dataisland_dot_v1_dot_coordinator__pb2.CancelQueryRequest.SerializeToString,
             dataisland_dot_v1_dot_coordinator__pb2.CancelQueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPendingApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dataisland.v1.CoordinatorService/ListPendingApprovals',
+            dataisland_dot_v1_dot_coordinator__pb2.ListPendingApprovalsRequest.SerializeToString,
+            dataisland_dot_v1_dot_coordinator__pb2.ListPendingApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveQuery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dataisland.v1.CoordinatorService/ApproveQuery',
+            dataisland_dot_v1_dot_coordinator__pb2.ApproveQueryRequest.SerializeToString,
+            dataisland_dot_v1_dot_coordinator__pb2.ApproveQueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DenyQuery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dataisland.v1.CoordinatorService/DenyQuery',
+            dataisland_dot_v1_dot_coordinator__pb2.DenyQueryRequest.SerializeToString,
+            dataisland_dot_v1_dot_coordinator__pb2.DenyQueryResponse.FromString,
             options,
             channel_credentials,
             insecure,

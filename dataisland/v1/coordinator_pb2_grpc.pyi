@@ -47,6 +47,12 @@ class CoordinatorServiceStub:
     """The caller's own queries, newest first."""
     CancelQuery: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CancelQueryRequest, _coordinator_pb2.CancelQueryResponse]
     """Cancel one of the caller's queries that has not finished."""
+    ListPendingApprovals: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListPendingApprovalsRequest, _coordinator_pb2.ListPendingApprovalsResponse]
+    """Officers: the queries waiting for their department's approval."""
+    ApproveQuery: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ApproveQueryRequest, _coordinator_pb2.ApproveQueryResponse]
+    """Officers: approve a pending query with a signed approval of their department."""
+    DenyQuery: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.DenyQueryRequest, _coordinator_pb2.DenyQueryResponse]
+    """Officers: deny a pending query (any one owning department may)."""
 
 @_typing.type_check_only
 class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
@@ -67,6 +73,12 @@ class CoordinatorServiceAsyncStub(CoordinatorServiceStub):
     """The caller's own queries, newest first."""
     CancelQuery: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CancelQueryRequest, _coordinator_pb2.CancelQueryResponse]  # type: ignore[assignment]
     """Cancel one of the caller's queries that has not finished."""
+    ListPendingApprovals: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListPendingApprovalsRequest, _coordinator_pb2.ListPendingApprovalsResponse]  # type: ignore[assignment]
+    """Officers: the queries waiting for their department's approval."""
+    ApproveQuery: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ApproveQueryRequest, _coordinator_pb2.ApproveQueryResponse]  # type: ignore[assignment]
+    """Officers: approve a pending query with a signed approval of their department."""
+    DenyQuery: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.DenyQueryRequest, _coordinator_pb2.DenyQueryResponse]  # type: ignore[assignment]
+    """Officers: deny a pending query (any one owning department may)."""
 
 class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """The coordinator's requester-facing API. Submit returns at once; results come from
@@ -114,5 +126,29 @@ class CoordinatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.CancelQueryResponse, _abc.Awaitable[_coordinator_pb2.CancelQueryResponse]]:
         """Cancel one of the caller's queries that has not finished."""
+
+    @_abc_1.abstractmethod
+    def ListPendingApprovals(
+        self,
+        request: _coordinator_pb2.ListPendingApprovalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ListPendingApprovalsResponse, _abc.Awaitable[_coordinator_pb2.ListPendingApprovalsResponse]]:
+        """Officers: the queries waiting for their department's approval."""
+
+    @_abc_1.abstractmethod
+    def ApproveQuery(
+        self,
+        request: _coordinator_pb2.ApproveQueryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.ApproveQueryResponse, _abc.Awaitable[_coordinator_pb2.ApproveQueryResponse]]:
+        """Officers: approve a pending query with a signed approval of their department."""
+
+    @_abc_1.abstractmethod
+    def DenyQuery(
+        self,
+        request: _coordinator_pb2.DenyQueryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.DenyQueryResponse, _abc.Awaitable[_coordinator_pb2.DenyQueryResponse]]:
+        """Officers: deny a pending query (any one owning department may)."""
 
 def add_CoordinatorServiceServicer_to_server(servicer: CoordinatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

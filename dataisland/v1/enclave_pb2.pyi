@@ -134,18 +134,24 @@ class ExecutePartialRequest(_message.Message):
 
     QUERY_ID_FIELD_NUMBER: _builtins.int
     ENVELOPE_FIELD_NUMBER: _builtins.int
+    APPROVALS_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     @_builtins.property
     def envelope(self) -> _common_pb2.SignedEnvelope: ...
+    @_builtins.property
+    def approvals(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Approval]:
+        """Officers' approvals, for queries whose policy needs them; each enclave checks its own."""
+
     def __init__(
         self,
         *,
         query_id: _builtins.str = ...,
         envelope: _common_pb2.SignedEnvelope | None = ...,
+        approvals: _abc.Iterable[_common_pb2.Approval] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "query_id", b"query_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvals", b"approvals", "envelope", b"envelope", "query_id", b"query_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -157,12 +163,34 @@ class Partial(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class PolicyHashesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     DEPARTMENT_FIELD_NUMBER: _builtins.int
     QUERY_ID_FIELD_NUMBER: _builtins.int
     QUERY_HASH_FIELD_NUMBER: _builtins.int
     ENCODING_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    K_FIELD_NUMBER: _builtins.int
+    POLICY_HASHES_FIELD_NUMBER: _builtins.int
     department: _builtins.str
     query_id: _builtins.str
     query_hash: _builtins.str
@@ -171,6 +199,14 @@ class Partial(_message.Message):
     payload: _builtins.bytes
     signature: _builtins.bytes
     """Signature by the department enclave's key (empty until attestation)."""
+    k: _builtins.int
+    """The owner's release threshold for this query's tables, from its own signed policy: the
+    aggregator applies it to this department's share (never taken from the coordinator).
+    """
+    @_builtins.property
+    def policy_hashes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """SHA-256 (hex) of each canonical policy the owner checked the query against, by table."""
+
     def __init__(
         self,
         *,
@@ -180,10 +216,12 @@ class Partial(_message.Message):
         encoding: Global___PartialEncoding.ValueType = ...,
         payload: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        k: _builtins.int = ...,
+        policy_hashes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["department", b"department", "encoding", b"encoding", "payload", b"payload", "query_hash", b"query_hash", "query_id", b"query_id", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["department", b"department", "encoding", b"encoding", "k", b"k", "payload", b"payload", "policy_hashes", b"policy_hashes", "query_hash", b"query_hash", "query_id", b"query_id", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ from dataisland.v1 import common_pb2, coordinator_pb2_grpc
 DEPARTMENTS = ("qingpu", "wujiang", "jiashan")
 
 
-def free_base_port(count: int = 6) -> int:
+def free_base_port(count: int = 12) -> int:
     """A base port with `count` consecutive free loopback ports above it."""
     for _ in range(200):
         base = random.randrange(20_000, 60_000)
@@ -68,6 +68,22 @@ def fill_claims(shard: Path, *, seed: int, rows: int) -> None:
     con.close()
 
 
+def fill_water(shard: Path, *, prefix: str, hours: int = 720) -> None:
+    """Hourly readings of three stations (not personal data: the policies allow k = 1)."""
+    con = duckdb.connect(str(shard))
+    con.execute(
+        f"""
+        INSERT INTO water_readings
+        SELECT '{prefix}-' || (i % 3) AS station_id,
+               TIMESTAMP '2024-06-01' + INTERVAL (i // 3) HOUR AS reading_at,
+               7 + (i % 11) / 10.0 AS ph, 5 + (i % 7) AS dissolved_oxygen,
+               (i % 13) * 1.5 AS turbidity, (i % 5) / 10.0 AS ammonia_nitrogen
+        FROM range({hours * 3}) t(i)
+        """
+    )
+    con.close()
+
+
 @pytest.fixture(scope="session")
 def federation_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("federation") / "fed"
@@ -85,6 +101,8 @@ def federation_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert result.exit_code == 0, result.output
     for seed, department in enumerate(DEPARTMENTS, start=1):
         fill_claims(directory / "shards" / f"{department}.duckdb", seed=seed, rows=2_000 * seed)
+    for department in DEPARTMENTS[:2]:  # the upstream and downstream districts
+        fill_water(directory / "shards" / f"{department}.duckdb", prefix=department)
     return directory
 
 
@@ -95,15 +113,15 @@ def running(federation_dir: Path) -> Iterator[FederationProcesses]:
 
 
 def union_connection(federation_dir: Path) -> duckdb.DuckDBPyConnection:
-    """Plain DuckDB over the union of every department's claims: the reference answer."""
+    """Plain DuckDB over the union of every department's shards: the reference answer."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    parts = []
     for department in DEPARTMENTS:
         path = federation_dir / "shards" / f"{department}.duckdb"
         con.execute(f"ATTACH '{path}' AS {department} (READ_ONLY)")
-        parts.append(f"SELECT * FROM {department}.claims")
-    con.execute("CREATE VIEW claims AS " + " UNION ALL ".join(parts))
+    for table, holders in (("claims", DEPARTMENTS), ("water_readings", DEPARTMENTS[:2])):
+        parts = [f"SELECT * FROM {department}.{table}" for department in holders]
+        con.execute(f"CREATE VIEW {table} AS " + " UNION ALL ".join(parts))
     return con
 
 
@@ -141,7 +159,7 @@ def signed_envelope(
     request_id: str,
     *,
     identity: str = ANALYST,
-    purpose: str = "test",
+    purpose: str = "statistics",
     issued_at: dt.datetime | None = None,
 ) -> common_pb2.SignedEnvelope:
     """A requester's envelope, signed with its certificate's key as the client would."""

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import stat
 from pathlib import Path
 
 import duckdb
 import pytest
 import yaml
 from click.testing import CliRunner, Result
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from dataisland.cli import main
 from dataisland.cli.federation import load_shard_file
 from dataisland.errors import SchemaMismatchError
 from dataisland.federation import load_federation, load_node_config
+from dataisland.identity import TrustStore, credential_paths, load_certificate, load_private_key
 from dataisland.synthetic import CLAIMS_COLUMNS, WATER_COLUMNS, claims_sql, water_sql
 
 DEPARTMENTS = "qingpu,wujiang,jiashan"
@@ -87,6 +92,81 @@ def test_init_writes_node_files_with_relative_paths(fed: Path) -> None:
     assert config.federation.resolve() == (fed / "federation.yaml").resolve()
     assert load_node_config(fed / "nodes" / "aggregator.yaml").role == "aggregator"
     assert load_node_config(fed / "nodes" / "coordinator.yaml").listen == "127.0.0.1:7300"
+
+
+def _trust_store(fed: Path) -> TrustStore:
+    federation = load_federation(fed / "federation.yaml")
+    authorities, revocations = {}, {}
+    for name, (ca, crl) in federation.authorities().items():
+        authorities[name] = load_certificate(ca.read_bytes())
+        assert crl is not None
+        revocations[name] = x509.load_pem_x509_crl(crl.read_bytes())
+    return TrustStore(
+        federation=federation.federation, authorities=authorities, revocations=revocations
+    )
+
+
+def test_init_makes_each_department_and_the_committee_its_own_authority(fed: Path) -> None:
+    federation = load_federation(fed / "federation.yaml")
+    authorities = federation.authorities()
+    assert sorted(authorities) == ["committee", "jiashan", "qingpu", "wujiang"]
+    keys = set()
+    for name, (ca, crl) in authorities.items():
+        assert ca == (fed / "identity" / name / "ca.crt").resolve()
+        certificate = load_certificate(ca.read_bytes())
+        certificate.verify_directly_issued_by(certificate)
+        keys.add(
+            certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        )
+        assert crl is not None
+        revocation_list = x509.load_pem_x509_crl(crl.read_bytes())
+        assert revocation_list.is_signature_valid(certificate.public_key())  # type: ignore[arg-type]
+        assert len(revocation_list) == 0
+    assert len(keys) == len(authorities)  # four authorities, four keys
+
+
+def test_init_issues_every_node_its_identity_with_its_dns_name(fed: Path) -> None:
+    federation = load_federation(fed / "federation.yaml")
+    store = _trust_store(fed)
+    checked = []
+    for node_file in sorted((fed / "nodes").glob("*.yaml")):
+        config = load_node_config(node_file)
+        certificate = load_certificate(config.tls.certificate.read_bytes())
+        principal = store.verify(certificate, now=dt.datetime.now(dt.UTC))
+        role = "enclave" if config.role == "department" else config.role
+        # Department nodes come from their department's CA, the committee's from the committee's.
+        department = config.department or federation.committee.name
+        assert (principal.role, principal.department) == (role, department), node_file
+        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert sans.get_values_for_type(x509.DNSName) == [
+            federation.dns_name(principal.role, principal.department)
+        ]
+        key = load_private_key(config.tls.key.read_bytes())
+        assert key.public_key() == certificate.public_key()
+        checked.append(node_file.stem)
+    assert {"qingpu", "wujiang", "jiashan", "aggregator", "coordinator"} <= set(checked)
+
+
+def test_init_issues_a_requester_officer_and_auditor_per_department(fed: Path) -> None:
+    store = _trust_store(fed)
+    for department in DEPARTMENTS.split(","):
+        for role, name in (
+            ("requester", "analyst"),
+            ("officer", "officer"),
+            ("auditor", "auditor"),
+        ):
+            certificate, key = credential_paths(fed, department=department, role=role, name=name)
+            issued = load_certificate(certificate.read_bytes())
+            principal = store.verify(issued, now=dt.datetime.now(dt.UTC))
+            assert str(principal) == f"{department}/{role}/{name}"
+            assert load_private_key(key.read_bytes()).public_key() == issued.public_key()
+
+
+def test_init_writes_every_private_key_owner_only(fed: Path) -> None:
+    keys = sorted((fed / "identity").rglob("*.key"))
+    assert len(keys) >= 4 + 3 * 4 + 2  # CAs, people and enclaves, coordinator and aggregator
+    for key in keys:
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
 
 
 def test_init_creates_typed_empty_shards(fed: Path) -> None:

@@ -16,7 +16,11 @@ from click.testing import CliRunner
 from dataisland.cli import main
 from dataisland.cli.federation import free_base_port
 from dataisland.errors import ConfigError, NodeUnavailableError
+from dataisland.federation import load_federation
 from dataisland.supervisor import FederationProcesses, NodeSpec, default_command
+from dataisland.tls import secure_channel
+from dataisland.v1 import coordinator_pb2, coordinator_pb2_grpc
+from tests.integration.conftest import credentials_of
 
 STAND_IN = """
 import signal, sys, time
@@ -36,7 +40,7 @@ while True:
 @pytest.fixture
 def fed(tmp_path: Path) -> Path:
     directory = tmp_path / "fed"
-    base = free_base_port(5)
+    base = free_base_port(9)
     result = CliRunner().invoke(
         main,
         [
@@ -93,7 +97,8 @@ def test_starts_every_node_in_order_and_stops_them(fed: Path) -> None:
     nodes = FederationProcesses(fed, command=_stand_in())
     with nodes:
         names = [n.spec.name for n in nodes.nodes]
-        assert names == ["qingpu", "wujiang", "jiashan", "aggregator", "coordinator"]
+        witnesses = [f"witness-{n}" for n in ("qingpu", "wujiang", "jiashan", "committee")]
+        assert names == [*witnesses, "qingpu", "wujiang", "jiashan", "aggregator", "coordinator"]
         pids = [n.pid for n in nodes.nodes]
         with grpc.insecure_channel(nodes.coordinator_address) as channel:
             grpc.channel_ready_future(channel).result(timeout=5)
@@ -141,6 +146,17 @@ def test_missing_node_file_is_a_config_error(fed: Path) -> None:
         FederationProcesses(fed)
 
 
+def _mutual_tls_channel(fed: Path) -> grpc.Channel:
+    """A channel to the coordinator as the analyst: the real nodes speak mutual TLS only."""
+    federation = load_federation(fed / "federation.yaml")
+    return secure_channel(
+        federation.committee.coordinator,
+        own=credentials_of(fed),
+        server_ca_pem=federation.committee.ca.read_bytes(),
+        server_name=federation.dns_name("coordinator", federation.committee.name),
+    )
+
+
 def test_up_stops_everything_on_sigterm(fed: Path, tmp_path: Path) -> None:
     import subprocess
 
@@ -152,18 +168,21 @@ def test_up_stops_everything_on_sigterm(fed: Path, tmp_path: Path) -> None:
     )
     try:
         deadline = time.monotonic() + 60
-        federation_text = (fed / "federation.yaml").read_text(encoding="utf-8")
-        coordinator = next(
-            line.split()[-1] for line in federation_text.splitlines() if "coordinator:" in line
-        )
+        ready = False
         while time.monotonic() < deadline and proc.poll() is None:
-            with grpc.insecure_channel(coordinator) as channel:
+            with _mutual_tls_channel(fed) as channel:
                 try:
                     grpc.channel_ready_future(channel).result(timeout=0.5)
-                    break
                 except grpc.FutureTimeoutError:
                     continue
+                # The federation `up` started answers a requester over mutual TLS.
+                stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+                listed = stub.ListQueries(coordinator_pb2.ListQueriesRequest(), timeout=10)
+                assert list(listed.queries) == []
+                ready = True
+                break
         assert proc.poll() is None, proc.communicate()[0]
+        assert ready, "the coordinator never completed a mutual-TLS handshake"
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)
     finally:

@@ -16,10 +16,19 @@ VALID: dict[str, Any] = {
     "federation": "zone",
     "development": True,
     "departments": {
-        "qingpu": {"enclave": "127.0.0.1:7102"},
-        "wujiang": {"enclave": "127.0.0.1:7103"},
+        "qingpu": {
+            "enclave": "127.0.0.1:7102",
+            "ca": "identity/qingpu/ca.crt",
+            "revocations": "identity/qingpu/revocations.crl",
+        },
+        "wujiang": {"enclave": "127.0.0.1:7103", "ca": "identity/wujiang/ca.crt"},
     },
-    "committee": {"coordinator": "127.0.0.1:7100", "aggregator": "127.0.0.1:7101"},
+    "committee": {
+        "coordinator": "127.0.0.1:7100",
+        "aggregator": "127.0.0.1:7101",
+        "ca": "identity/committee/ca.crt",
+        "revocations": "identity/committee/revocations.crl",
+    },
     "tables": {
         "claims": {
             "privacy_unit": "person_id",
@@ -54,12 +63,39 @@ def test_valid_file_loads_and_gives_a_catalog(tmp_path: Path) -> None:
     assert dict(catalog["claims"].columns)["amount"] == "DECIMAL(12,2)"
 
 
+def test_authorities_resolve_against_the_file_and_include_the_committee(tmp_path: Path) -> None:
+    federation = _load(tmp_path, VALID)
+    base = tmp_path.resolve()
+    assert federation.authorities() == {
+        "qingpu": (
+            base / "identity" / "qingpu" / "ca.crt",
+            base / "identity" / "qingpu" / "revocations.crl",
+        ),
+        # A department may have no revocation list yet.
+        "wujiang": (base / "identity" / "wujiang" / "ca.crt", None),
+        "committee": (
+            base / "identity" / "committee" / "ca.crt",
+            base / "identity" / "committee" / "revocations.crl",
+        ),
+    }
+    assert federation.dns_name("enclave", "qingpu") == "enclave.qingpu.zone.dataisland"
+
+
 def _broken(path: tuple[str, ...], value: object) -> dict[str, Any]:
     data = copy.deepcopy(VALID)
     target: Any = data
     for key in path[:-1]:
         target = target[key]
     target[path[-1]] = value
+    return data
+
+
+def _without(path: tuple[str, ...]) -> dict[str, Any]:
+    data = copy.deepcopy(VALID)
+    target: Any = data
+    for key in path[:-1]:
+        target = target[key]
+    del target[path[-1]]
     return data
 
 
@@ -101,6 +137,11 @@ def _broken(path: tuple[str, ...], value: object) -> dict[str, Any]:
             id="holder listed twice",
         ),
         pytest.param(_broken(("federation",), "Zone-1"), "federation", id="bad federation name"),
+        pytest.param(_without(("departments", "wujiang", "ca")), "ca", id="department without ca"),
+        pytest.param(_without(("committee", "ca")), "ca", id="committee without ca"),
+        pytest.param(
+            _broken(("committee", "name"), "qingpu"), "also a department", id="committee clash"
+        ),
     ],
 )
 def test_mistakes_are_config_errors_naming_the_problem(
@@ -126,18 +167,44 @@ def test_node_config_resolves_paths_against_its_file(tmp_path: Path) -> None:
     path = nodes / "qingpu.yaml"
     path.write_text(
         "federation: ../federation.yaml\nrole: department\ndepartment: qingpu\n"
-        "listen: 127.0.0.1:7102\nshard: ../shards/qingpu.duckdb\n",
+        "listen: 127.0.0.1:7102\nshard: ../shards/qingpu.duckdb\n"
+        "tls:\n  certificate: ../identity/qingpu/enclave-node.crt\n"
+        "  key: ../identity/qingpu/enclave-node.key\n",
         encoding="utf-8",
     )
     config = load_node_config(path)
-    assert config.federation == tmp_path.resolve() / "nodes" / ".." / "federation.yaml"
-    assert config.shard == tmp_path.resolve() / "nodes" / ".." / "shards" / "qingpu.duckdb"
+    base = tmp_path.resolve() / "nodes" / ".."
+    assert config.federation == base / "federation.yaml"
+    assert config.shard == base / "shards" / "qingpu.duckdb"
+    assert config.tls.certificate == base / "identity" / "qingpu" / "enclave-node.crt"
+    assert config.tls.key == base / "identity" / "qingpu" / "enclave-node.key"
+
+
+@pytest.mark.parametrize(
+    ("tls", "named"),
+    [
+        pytest.param("", "tls", id="no tls section"),
+        pytest.param("tls:\n  certificate: a.crt\n", "key", id="no key"),
+        pytest.param(
+            "tls:\n  certificate: a.crt\n  key: a.key\n  ca: x\n", "ca", id="unknown tls field"
+        ),
+    ],
+)
+def test_node_config_needs_its_tls_files(tmp_path: Path, tls: str, named: str) -> None:
+    path = tmp_path / "coordinator.yaml"
+    path.write_text(
+        "federation: federation.yaml\nrole: coordinator\nlisten: 127.0.0.1:7100\n" + tls,
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match=named):
+        load_node_config(path)
 
 
 def test_node_config_role_fields_are_checked(tmp_path: Path) -> None:
     path = tmp_path / "aggregator.yaml"
     path.write_text(
-        "federation: federation.yaml\nrole: aggregator\nlisten: 127.0.0.1:7101\nshard: x.duckdb\n",
+        "federation: federation.yaml\nrole: aggregator\nlisten: 127.0.0.1:7101\nshard: x.duckdb\n"
+        "tls: {certificate: a.crt, key: a.key}\n",
         encoding="utf-8",
     )
     with pytest.raises(ConfigError, match="shard"):

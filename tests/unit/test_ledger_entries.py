@@ -195,8 +195,8 @@ def test_cross_field_checks_and_kind_mismatch() -> None:
         FailureEntry.from_bytes(q.to_bytes())
     data = _mutate(
         q.to_bytes(),
-        b'"aggregator_signature":"' + SIG.encode() + b'"',
-        b'"aggregator_signature":null',
+        b'"result_commitment":"' + H.encode() + b'"',
+        b'"result_commitment":null',
     )
     with pytest.raises(MalformedEntryError):
         Entry.from_bytes(data)

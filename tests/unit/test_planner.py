@@ -16,7 +16,7 @@ from dataisland.errors import (
     UnsupportedQueryError,
 )
 from enclave.engine import DuckDBMergeEngine, EngineResult, Lockdown, run_partial
-from enclave.planner import merge_partials, plan_query
+from enclave.planner import MergeOutcome, merge_partials, plan_query
 from policies.sqlfront import parse_query
 
 CATALOG = {
@@ -48,8 +48,126 @@ def test_departments_are_the_holders() -> None:
 
 def test_filter_cells_carry_their_own_unit_counts() -> None:
     plan = _plan("SELECT cat, count(*) FILTER (WHERE n > 1), sum(n) FROM claims GROUP BY cat")
-    assert plan.unit_columns == ("__units", "__units_0")
-    assert "count(DISTINCT claims.pid) FILTER (WHERE n > 1) AS __units_0" in plan.partial_sql
+    # The FILTER cell and the SUM (rows with n not NULL) each stand for their own units.
+    assert plan.unit_columns == ("__units", "__units_0", "__units_1")
+    assert "count(DISTINCT claims.pid) FILTER (WHERE (n > 1)) +" in plan.partial_sql
+    assert "count(DISTINCT claims.pid) FILTER (WHERE (n) IS NOT NULL) +" in plan.partial_sql
+
+
+def _release(
+    sql: str, shards: dict[str, list[tuple[str, int | None, int | None]]], k: dict[str, int]
+) -> MergeOutcome:
+    """Run a query over in-memory shards of claims(cat, n, pid) with thresholds `k`."""
+    plan = _plan(sql)
+    partials = {}
+    for department, rows in shards.items():
+        con = duckdb.connect()
+        con.execute("CREATE TABLE claims (cat VARCHAR, n INTEGER, pid INTEGER)")
+        if rows:
+            con.executemany("INSERT INTO claims VALUES (?, ?, ?)", rows)
+        partials[department] = run_partial(plan, con).table
+    engine = DuckDBMergeEngine(Lockdown(threads=1, memory_limit="1GB"))
+    return merge_partials(plan, partials, engine, k=k)
+
+
+def _people(cat: str, count: int, prefix: str) -> list[tuple[str, int | None, int | None]]:
+    return [(cat, 1, f"{prefix}{i}") for i in range(count)]
+
+
+K3 = {"qingpu": 3, "wujiang": 3, "jiashan": 3}
+
+
+def test_small_group_is_dropped_key_and_all() -> None:
+    shards = {
+        "qingpu": _people("big", 5, 100) + _people("rare", 2, 100),
+        "wujiang": _people("big", 4, 200),
+        "jiashan": [],
+    }
+    outcome = _release("SELECT cat, count(*) AS n FROM claims GROUP BY cat", shards, K3)
+    assert outcome.result.table.to_pylist() == [{"cat": "big", "n": 9}]
+    assert (outcome.suppressed_rows, outcome.suppressed_cells) == (1, 0)
+
+
+def test_each_non_empty_share_must_reach_its_owners_k() -> None:
+    # Together 7 people, but wujiang's share of 'mixed' is 2 < its k = 3.
+    shards = {
+        "qingpu": _people("mixed", 5, 100),
+        "wujiang": _people("mixed", 2, 200),
+        "jiashan": [],
+    }
+    outcome = _release("SELECT cat, sum(n) AS s FROM claims GROUP BY cat", shards, K3)
+    assert outcome.result.table.num_rows == 0
+    assert outcome.suppressed
+
+
+def test_strictest_k_applies_to_the_total() -> None:
+    shards = {"qingpu": _people("g", 4, 100), "wujiang": [], "jiashan": []}
+    strict = {"qingpu": 3, "wujiang": 5, "jiashan": 1}
+    outcome = _release("SELECT cat, count(*) AS n FROM claims GROUP BY cat", shards, strict)
+    assert outcome.result.table.num_rows == 0
+
+
+def test_filter_cell_below_k_is_null_and_flagged_and_invisible_to_having() -> None:
+    shards = {
+        "qingpu": [*_people("g", 6, 100), ("g", 99, 999)],
+        "wujiang": [],
+        "jiashan": [],
+    }
+    sql = (
+        "SELECT cat, count(*) AS n, sum(n) FILTER (WHERE n > 50) AS probe FROM claims "
+        "GROUP BY cat HAVING sum(n) FILTER (WHERE n > 50) IS NULL OR true"
+    )
+    outcome = _release(sql, shards, K3)
+    assert outcome.result.table.to_pylist() == [{"cat": "g", "n": 7, "probe": None}]
+    assert (outcome.suppressed_rows, outcome.suppressed_cells) == (0, 1)
+    probing = (
+        "SELECT cat, count(*) AS n FROM claims GROUP BY cat "
+        "HAVING sum(n) FILTER (WHERE n > 50) > 90"
+    )
+    assert _release(probing, shards, K3).result.table.num_rows == 0
+
+
+def test_empty_filter_cell_answers_exactly_like_a_suppressed_one() -> None:
+    sql = "SELECT cat, sum(n) FILTER (WHERE n > 50) AS probe FROM claims GROUP BY cat"
+    empty = {"qingpu": _people("g", 6, 100), "wujiang": [], "jiashan": []}
+    small = {"qingpu": [*_people("g", 6, 100), ("g", 99, 999)], "wujiang": [], "jiashan": []}
+    a, b = _release(sql, empty, K3), _release(sql, small, K3)
+    assert a.result.table.to_pylist() == b.result.table.to_pylist() == [{"cat": "g", "probe": None}]
+    assert a.suppressed
+    assert b.suppressed
+
+
+def test_case_cell_counts_only_the_units_it_keeps() -> None:
+    shards = {"qingpu": [*_people("g", 6, 100), ("g", 99, 999)], "wujiang": [], "jiashan": []}
+    sql = "SELECT cat, sum(CASE WHEN n > 50 THEN n END) AS probe FROM claims GROUP BY cat"
+    assert _release(sql, shards, K3).result.table.to_pylist() == [{"cat": "g", "probe": None}]
+
+
+def test_empty_global_aggregate_is_suppressed_not_zero() -> None:
+    shards = {"qingpu": [], "wujiang": [], "jiashan": []}
+    outcome = _release("SELECT count(*) AS n FROM claims", shards, K3)
+    assert outcome.result.table.num_rows == 0
+    assert outcome.suppressed_rows == 1
+
+
+def test_rows_without_a_unit_count_as_one_unit_not_as_an_empty_share() -> None:
+    shards = {
+        "qingpu": _people("g", 5, 100),
+        "wujiang": [("g", 7, None), ("g", 8, None)],
+        "jiashan": [],
+    }
+    outcome = _release("SELECT cat, sum(n) AS s FROM claims GROUP BY cat", shards, K3)
+    assert outcome.result.table.num_rows == 0
+
+
+def test_limit_and_order_run_only_on_released_groups() -> None:
+    shards = {
+        "qingpu": _people("a", 3, 100) + _people("b", 3, 300) + [("tiny", 1000, 998)],
+        "wujiang": [],
+        "jiashan": [],
+    }
+    sql = "SELECT cat, sum(n) AS s FROM claims GROUP BY cat ORDER BY s DESC LIMIT 1"
+    assert _release(sql, shards, K3).result.table.to_pylist() == [{"cat": "a", "s": 3}]
 
 
 def test_cross_department_join_is_refused_naming_tables_and_departments() -> None:
@@ -77,7 +195,7 @@ def test_single_department_join_runs_whole_query_on_that_department() -> None:
         "JOIN people AS p ON v.pid = p.pid WHERE p.age > 1 GROUP BY v.site ORDER BY v.site"
     )
     assert plan.departments == frozenset({"qingpu"})
-    assert "count(DISTINCT v.pid) AS __units" in plan.partial_sql
+    assert "(count(DISTINCT v.pid) + " in plan.partial_sql
     con = duckdb.connect()
     con.execute(
         "CREATE TABLE people AS SELECT * FROM (VALUES (1, 30), (2, 40), (3, 0)) AS t(pid, age)"
@@ -88,8 +206,11 @@ def test_single_department_join_runs_whole_query_on_that_department() -> None:
     )
     partial = run_partial(plan, con)
     got = merge_partials(
-        plan, {"qingpu": partial.table}, DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB"))
-    )
+        plan,
+        {"qingpu": partial.table},
+        DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB")),
+        k=dict.fromkeys(plan.departments, 1),
+    ).result
     want = con.sql(
         "SELECT v.site, count(*) AS c, avg(p.age) AS a FROM visits AS v "
         "JOIN people AS p ON v.pid = p.pid WHERE p.age > 1 GROUP BY v.site ORDER BY v.site"
@@ -112,6 +233,7 @@ def test_missing_partial_is_named() -> None:
             plan,
             _partials(plan, ["qingpu", "jiashan"]),
             DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB")),
+            k=dict.fromkeys(plan.departments, 1),
         )
 
 
@@ -119,7 +241,12 @@ def test_unexpected_partial_is_refused() -> None:
     plan = _plan("SELECT count(*) FROM claims")
     partials = _partials(plan, ["qingpu", "jiashan", "wujiang", "mallory"])
     with pytest.raises(InvalidInputError, match="mallory"):
-        merge_partials(plan, partials, DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB")))
+        merge_partials(
+            plan,
+            partials,
+            DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB")),
+            k=dict.fromkeys(plan.departments, 1),
+        )
 
 
 def test_partial_with_wrong_columns_is_refused() -> None:
@@ -127,7 +254,12 @@ def test_partial_with_wrong_columns_is_refused() -> None:
     partials = _partials(plan, ["qingpu", "jiashan", "wujiang"])
     partials["qingpu"] = pa.table({"x": [1]})
     with pytest.raises(SchemaMismatchError, match="qingpu"):
-        merge_partials(plan, partials, DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB")))
+        merge_partials(
+            plan,
+            partials,
+            DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB")),
+            k=dict.fromkeys(plan.departments, 1),
+        )
 
 
 def test_partials_with_different_types_are_refused() -> None:
@@ -135,7 +267,12 @@ def test_partials_with_different_types_are_refused() -> None:
     partials = _partials(plan, ["qingpu", "jiashan", "wujiang"])
     partials["qingpu"] = pa.table({"__a0_n": ["one"], "__units": [1]})
     with pytest.raises(SchemaMismatchError):
-        merge_partials(plan, partials, DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB")))
+        merge_partials(
+            plan,
+            partials,
+            DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB")),
+            k=dict.fromkeys(plan.departments, 1),
+        )
 
 
 def test_merge_engine_is_locked_down_and_hides_duckdb_messages() -> None:
@@ -167,7 +304,8 @@ def test_order_by_aggregate_expression_and_having_alias() -> None:
         plan,
         {"qingpu": partial, "wujiang": empty, "jiashan": partial},
         DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB")),
-    )
+        k=dict.fromkeys(plan.departments, 1),
+    ).result
     con.execute("INSERT INTO claims SELECT * FROM claims")
     want = con.sql(sql).to_arrow_table()
     assert got.table.to_pylist() == want.to_pylist()
@@ -190,6 +328,7 @@ def test_aggregates_differing_only_in_string_case_are_not_merged() -> None:
         plan,
         dict.fromkeys(("qingpu", "wujiang", "jiashan"), partial),
         DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB")),
-    )
+        k=dict.fromkeys(plan.departments, 1),
+    ).result
     assert got.table.to_pylist() == [{"upper_a": 3, "lower_a": 6, "c1": 9, "c2": 9}]
     assert plan.partial_sql.count("count(*) AS") == 1  # identical aggregates share one piece

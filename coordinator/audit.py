@@ -1,0 +1,860 @@
+"""The coordinator's log keeper: durable entries, checkpoints, witness cosignatures, receipts.
+
+`AuditLog` owns the log directory (`ledger.storage.LogStorage` behind a group-commit
+`LogWriter`): `append` returns an entry's index only once it is on disk, so the coordinator
+answers after its decision is logged. A background thread, about every half second when the log
+grew, signs a C2SP checkpoint with the log's Ed25519 key, sends it to every witness
+(c2sp.org/tlog-witness add-checkpoint over HTTPS with mutual TLS, as the coordinator's own node
+certificate) with the consistency proof from that witness's last cosigned size, and records the
+checkpoint in the history once a quorum of distinct witnesses cosigned it.
+
+`AuditedBook` is the coordinator's `QueryBook` with the log wired in: a query is logged when it
+is added (a query entry, allowed or pending; a denial entry when the policies denied it), an
+approval when it is recorded, and the outcome (released, failed, cancelled, denied by an officer)
+before the record becomes final, which is when Get/WaitResult can first see it; each step waits
+for the fsync, and a step that cannot be logged does not happen (UNAVAILABLE). SQL the SQL front
+refuses is logged as a denial (`log_refusal`) before the refusal is answered.
+
+Entries are built from the query record (`submission_entry`, `released_entry`, `approval_entry`,
+`failure_entry`, `denial_entry`): identifiers, the canonical SQL, hashes, the requester's envelope
+signature, and for a released result only a salted commitment to {result digest, suppressed
+flag}, whose opening (`ResultOpening`) goes to the requester with its receipt. No result value,
+no count, no parameter appears in the clear.
+
+Not done here: execution reports from enclaves (witnesses do not check them yet), policy,
+approval, partial and attestation entries (the running enclaves do not sign partials or the
+result yet), and openings survive only in this process's memory (a receipt asked for after a
+coordinator restart has no opening).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import http.client
+import logging
+import ssl
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from coordinator.book import QueryBook, QueryRecord
+from dataisland.approvals import Approval
+from dataisland.canonical import QueryEnvelope, canonical_json, commit, format_rfc3339, new_salt
+from dataisland.errors import (
+    ConfigError,
+    DataislandError,
+    NodeUnavailableError,
+    NotFoundError,
+)
+from dataisland.federation import Federation, NodeConfig
+from dataisland.v1 import common_pb2, coordinator_pb2, enclave_pb2
+from ledger.checkpoint import Checkpoint, add_signatures, sign_checkpoint, verify_cosigned
+from ledger.entries import ApprovalEntry, DenialEntry, Entry, FailureEntry, QueryEntry
+from ledger.errors import LedgerError
+from ledger.keys import load_signer
+from ledger.note import (
+    SIG_TYPE_ED25519,
+    Ed25519Signer,
+    Ed25519Verifier,
+    Note,
+    NoteSignature,
+)
+from ledger.storage import LogStorage, LogWriter
+
+log = logging.getLogger("dataisland.coordinator.audit")
+
+CHECKPOINT_INTERVAL = 0.5
+"""Seconds between checkpoint attempts (a checkpoint is made only when the log grew)."""
+WITNESS_TIMEOUT = 5.0
+MAX_OPENINGS = 100_000
+"""Openings kept in memory for receipts (oldest dropped first)."""
+
+
+def _time(seconds: float) -> str:
+    return format_rfc3339(dt.datetime.fromtimestamp(seconds, dt.UTC))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# entries
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResultOpening:
+    """The opening of a released result's commitment.
+
+    The committed canonical bytes are the RFC 8785 JSON ``{"result_digest": <hex SHA-256 of the
+    canonical result>, "suppressed": <bool>}``; the commitment is SHA-256(salt || those bytes).
+    """
+
+    salt: bytes
+    canonical_bytes: bytes
+
+    @classmethod
+    def new(cls, *, result_digest: str, suppressed: bool) -> ResultOpening:
+        """A fresh opening (new salt) for a result digest and suppressed flag."""
+        data = canonical_json({"result_digest": result_digest, "suppressed": suppressed})
+        return cls(salt=new_salt(), canonical_bytes=data)
+
+    def commitment(self) -> bytes:
+        """SHA-256(salt || canonical bytes)."""
+        return commit(self.canonical_bytes, salt=self.salt)
+
+
+def _envelope(signed: common_pb2.SignedEnvelope) -> QueryEnvelope:
+    return QueryEnvelope.from_bytes(signed.envelope)
+
+
+def submission_entry(
+    *,
+    query_id: str,
+    requester: str,
+    signed: common_pb2.SignedEnvelope,
+    canonical_sql: str,
+    query_hash: str,
+    decision: str,
+    submitted_at: float,
+) -> QueryEntry:
+    """The query entry appended when a query is accepted (decision allowed or pending).
+
+    Raises:
+        MalformedEntryError: a field does not fit the entry format.
+    """
+    envelope = _envelope(signed)
+    return QueryEntry.model_validate(
+        {
+            "version": 1,
+            "kind": "query",
+            "query_id": query_id,
+            "request_id": envelope.request_id,
+            "requester": requester,
+            "purpose": envelope.purpose,
+            "sql": canonical_sql,
+            "query_hash": query_hash,
+            "params_commitment": envelope.params_commitment.hex(),
+            "envelope_digest": envelope.digest().hex(),
+            "envelope_signature": _b64(signed.signature),
+            "issued_at": format_rfc3339(envelope.issued_at),
+            "policies": (),
+            "approvals": (),
+            "partials": (),
+            "result_commitment": None,
+            "aggregator_signature": None,
+            "suppressed_commitment": None,
+            "decision": decision,
+            "submitted_at": _time(submitted_at),
+            "decided_at": _time(submitted_at),
+        }
+    )
+
+
+def released_entry(
+    submission: QueryEntry, *, opening: ResultOpening, decided_at: float
+) -> QueryEntry:
+    """The query entry appended when a result is released: the submission's fields plus the
+    result commitment (the aggregator's signature stays null until the aggregator signs)."""
+    return submission.model_copy(
+        update={
+            "result_commitment": opening.commitment().hex(),
+            "decision": "released",
+            "decided_at": _time(decided_at),
+        }
+    )
+
+
+def failure_entry(
+    *, query_id: str, request_id: str, code: str, stage: str, failed_at: float
+) -> FailureEntry:
+    """A failed (or cancelled) query: the status code and a fixed description, never data."""
+    return FailureEntry(
+        version=1,
+        kind="failure",
+        query_id=query_id,
+        request_id=request_id,
+        stage=stage,
+        code=code,
+        message=f"the query ended with {code}",
+        failed_at=_time(failed_at),
+    )
+
+
+def approval_entry(
+    *, query_id: str, department: str, approval: common_pb2.Approval, decided_at: float
+) -> ApprovalEntry:
+    """An officer's signed approval of one envelope, as the coordinator verified and recorded it.
+
+    Raises:
+        InvalidInputError: the approval document does not parse.
+    """
+    document = Approval.from_bytes(approval.approval)
+    return ApprovalEntry(
+        version=1,
+        kind="approval",
+        query_id=query_id,
+        department=department,
+        officer=document.officer,
+        subject="envelope",
+        subject_hash=document.envelope_digest,
+        approval=_b64(approval.approval),
+        approval_hash=hashlib.sha256(approval.approval).hexdigest(),
+        signature=_b64(approval.signature),
+        decision="approved",
+        decided_at=_time(decided_at),
+    )
+
+
+def denial_entry(
+    *,
+    query_id: str,
+    requester: str,
+    signed: common_pb2.SignedEnvelope,
+    query_hash: str | None,
+    denied_by: str,
+    reasons: Sequence[str],
+    decided_at: float,
+) -> DenialEntry:
+    """A refused query: who refused it and why (reasons name rules and constructs, not data)."""
+    envelope = _envelope(signed)
+    return DenialEntry(
+        version=1,
+        kind="denial",
+        query_id=query_id,
+        request_id=envelope.request_id,
+        requester=requester,
+        purpose=envelope.purpose,
+        query_hash=query_hash,
+        envelope_digest=envelope.digest().hex(),
+        envelope_signature=_b64(signed.signature),
+        denied_by=denied_by,
+        reasons=tuple(r[:16_384] for r in reasons if r) or ("refused",),
+        decided_at=_time(decided_at),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# witnesses
+# ---------------------------------------------------------------------------------------------
+
+
+class _TLSConnection(http.client.HTTPConnection):
+    """HTTP over TLS that checks the server's name against `server_name`, not the dialled host."""
+
+    def __init__(
+        self, host: str, port: int, *, context: ssl.SSLContext, server_name: str, timeout: float
+    ) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._tls = context
+        self._server_name = server_name
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = self._tls.wrap_socket(self.sock, server_hostname=self._server_name)
+
+
+class WitnessClient:
+    """A tlog-witness client for one witness, over mutual TLS.
+
+    Args:
+        name: the witness's name in the federation file.
+        address: HOST:PORT.
+        server_name: the DNS SAN its certificate must carry.
+        ca: the CA certificate file that issued it.
+        certificate, key: our own TLS certificate and key files (the coordinator's).
+        verifier: the witness's cosignature key.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        address: str,
+        server_name: str,
+        ca: Path,
+        certificate: Path,
+        key: Path,
+        verifier: Ed25519Verifier,
+        timeout: float = WITNESS_TIMEOUT,
+    ) -> None:
+        self.name = name
+        host, _, port = address.rpartition(":")
+        self.host, self.port = host.strip("[]"), int(port)
+        self.server_name = server_name
+        self.verifier = verifier
+        self.timeout = timeout
+        try:
+            context = ssl.create_default_context(cafile=str(ca))
+            context.load_cert_chain(certificate, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"TLS files for witness {name}: {exc}") from None
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context = context
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        """One HTTPS request; returns the status and body.
+
+        Raises:
+            OSError, ssl.SSLError, http.client.HTTPException: the exchange failed.
+        """
+        conn = _TLSConnection(
+            self.host,
+            self.port,
+            context=self.context,
+            server_name=self.server_name,
+            timeout=self.timeout,
+        )
+        try:
+            headers = {"Content-Type": "text/plain; charset=utf-8"} if body is not None else {}
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read(1 << 20)
+        finally:
+            conn.close()
+
+    def add_checkpoint(
+        self, *, old_size: int, proof: Sequence[bytes], note: bytes
+    ) -> tuple[int, bytes]:
+        """POST /add-checkpoint; returns the HTTP status and body."""
+        head = f"old {old_size}\n" + "".join(_b64(h) + "\n" for h in proof)
+        return self.request("POST", "/add-checkpoint", (head + "\n").encode() + note)
+
+
+# ---------------------------------------------------------------------------------------------
+# the keeper
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a requester gets for one of its queries (see `AuditLog.receipt`)."""
+
+    query_id: str
+    checkpoint: bytes
+    entries: tuple[tuple[int, bytes, tuple[bytes, ...]], ...]
+    opening: ResultOpening | None
+
+
+class AuditLog:
+    """The log the coordinator keeps; thread-safe.
+
+    Args:
+        storage: the opened log directory (this object closes it).
+        signer: the log's type 0x01 key, named after the origin.
+        witnesses: a client per witness.
+        quorum: distinct witnesses that must cosign a checkpoint before it is recorded.
+        interval: seconds between checkpoint attempts.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: LogStorage,
+        signer: Ed25519Signer,
+        witnesses: Sequence[WitnessClient],
+        quorum: int,
+        interval: float = CHECKPOINT_INTERVAL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 1 <= quorum <= len(witnesses):
+            raise ConfigError(f"quorum {quorum} does not fit {len(witnesses)} witnesses")
+        self.storage = storage
+        self.signer = signer
+        self.origin = signer.name
+        self.log_verifier = signer.verifier()
+        self.witnesses = list(witnesses)
+        self.quorum = quorum
+        self.interval = interval
+        self.clock = clock
+        self.writer = LogWriter(storage)
+        self._lock = threading.Condition()
+        self._by_query: dict[str, list[int]] = {}
+        self._openings: OrderedDict[str, ResultOpening] = OrderedDict()
+        self._submissions: dict[str, QueryEntry] = {}
+        self._owners: dict[str, str] = {}
+        for index, data in enumerate(storage.entries()):
+            self._index(index, data)
+        latest = self._latest_size()
+        # Where each witness stood when we last heard; corrected by its 409 answers.
+        self._known = {w.name: max(latest, 0) for w in self.witnesses}
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=len(self.witnesses), thread_name_prefix="wit")
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def open(cls, config: NodeConfig, federation: Federation) -> AuditLog:
+        """Open the coordinator's log from its node configuration and the federation file.
+
+        Raises:
+            ConfigError: no log section, no log_dir/log_key, or keys that do not match it.
+            LedgerError: the log directory is damaged (`LogCorruptionError`) or unreadable.
+        """
+        section = federation.log
+        if section is None or config.log_dir is None or config.log_key is None:
+            raise ConfigError("the audit log needs the federation's 'log:' and log_dir/log_key")
+        signer = load_signer(config.log_key, name=section.origin, sig_type=SIG_TYPE_ED25519)
+        if signer.verifier().to_vkey() != section.verifier_key:
+            raise ConfigError(f"{config.log_key} does not match the log key in the federation file")
+        witnesses = []
+        for name, entry in section.witnesses.items():
+            try:
+                verifier = Ed25519Verifier.from_vkey(entry.verifier_key)
+            except LedgerError as exc:
+                raise ConfigError(f"witness {name}'s verifier key: {exc}") from None
+            witnesses.append(
+                WitnessClient(
+                    name=name,
+                    address=entry.address,
+                    server_name=federation.dns_name("witness", name),
+                    ca=entry.ca,
+                    certificate=config.tls.certificate,
+                    key=config.tls.key,
+                    verifier=verifier,
+                )
+            )
+        storage = LogStorage.open(config.log_dir, create=True)
+        try:
+            return cls(storage=storage, signer=signer, witnesses=witnesses, quorum=section.quorum)
+        except BaseException:
+            storage.close()
+            raise
+
+    # -- entries ------------------------------------------------------------------------------
+
+    def _index(self, index: int, data: bytes) -> None:
+        try:
+            entry = Entry.from_bytes(data)
+        except LedgerError:
+            log.warning("entry %d does not parse; not indexed", index)
+            return
+        with self._lock:
+            self._note(index, entry)
+
+    def _note(self, index: int, entry: Entry) -> None:
+        query_id = getattr(entry, "query_id", None)
+        if not isinstance(query_id, str):
+            return
+        self._by_query.setdefault(query_id, []).append(index)
+        if isinstance(entry, QueryEntry):
+            self._submissions.setdefault(query_id, entry)
+        if isinstance(entry, (QueryEntry, DenialEntry)):
+            self._owners.setdefault(query_id, entry.requester)
+
+    def append(self, entry: Entry) -> int:
+        """Append `entry` durably and return its index (after the fsync).
+
+        Raises:
+            EntryTooLargeError: the entry is over 65,535 bytes.
+            StorageError: it could not be made durable.
+        """
+        data = entry.to_bytes()
+        index = self.writer.append(data)
+        with self._lock:
+            self._note(index, entry)
+            self._lock.notify_all()
+        return index
+
+    def indexes(self, query_id: str) -> list[int]:
+        """The indexes of the entries about `query_id`, in order."""
+        with self._lock:
+            return sorted(self._by_query.get(query_id, ()))
+
+    def first_index(self, query_id: str) -> int | None:
+        """The index of the first entry about `query_id` (its submission), if logged."""
+        found = self.indexes(query_id)
+        return found[0] if found else None
+
+    def wait_logged(self, query_id: str, timeout: float) -> int | None:
+        """Wait until `query_id` has an entry; return its first index (None on timeout)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while query_id not in self._by_query:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._lock.wait(left)
+            return min(self._by_query[query_id])
+
+    def submission(self, query_id: str) -> QueryEntry | None:
+        """The first query entry of `query_id`."""
+        with self._lock:
+            return self._submissions.get(query_id)
+
+    def keep_opening(self, query_id: str, opening: ResultOpening) -> None:
+        """Remember a result opening for the requester's receipt."""
+        with self._lock:
+            self._openings[query_id] = opening
+            while len(self._openings) > MAX_OPENINGS:
+                self._openings.popitem(last=False)
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def _latest_size(self) -> int:
+        note = self.storage.latest_checkpoint()
+        if note is None:
+            return -1
+        return Checkpoint.from_text(Note.from_bytes(note).text).size
+
+    def latest_checkpoint(self) -> bytes | None:
+        """The latest recorded checkpoint (a quorum cosigned it)."""
+        return self.storage.latest_checkpoint()
+
+    def start(self) -> None:
+        """Start the checkpointing thread."""
+        self._thread = threading.Thread(target=self._loop, name="checkpointer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.checkpoint_once()
+            except Exception:
+                log.exception("checkpointing failed; retrying")
+
+    def checkpoint_once(self) -> bool:
+        """Sign a checkpoint of the current size and record it if a quorum cosigns it.
+
+        Returns:
+            Whether a new checkpoint was recorded.
+        """
+        size = self.storage.size
+        if size == 0 or size == self._latest_size():
+            return False
+        checkpoint = Checkpoint(self.origin, size, self.storage.root(size))
+        note = sign_checkpoint(checkpoint, signer=self.signer)
+        futures = [self._pool.submit(self._cosign, w, note, checkpoint) for w in self.witnesses]
+        signatures = [sig for f in futures if (sig := f.result()) is not None]
+        if len(signatures) < self.quorum:
+            log.warning(
+                "checkpoint of size %d: %d cosignature(s), quorum %d; not recorded",
+                size,
+                len(signatures),
+                self.quorum,
+            )
+            return False
+        cosigned = add_signatures(note, signatures)
+        verify_cosigned(
+            cosigned,
+            origin=self.origin,
+            log_verifier=self.log_verifier,
+            witness_verifiers=[w.verifier for w in self.witnesses],
+            quorum=self.quorum,
+        )
+        self.storage.append_checkpoint(cosigned)
+        with self._lock:
+            self._lock.notify_all()
+        return True
+
+    def _cosign(
+        self, witness: WitnessClient, note: bytes, checkpoint: Checkpoint
+    ) -> NoteSignature | None:
+        old = self._known.get(witness.name, 0)
+        for _ in range(3):
+            if old > checkpoint.size:
+                log.error(
+                    "witness %s has cosigned size %d, beyond the log's %d: the log lost entries",
+                    witness.name,
+                    old,
+                    checkpoint.size,
+                )
+                return None
+            proof = self.storage.consistency_proof(old, checkpoint.size)
+            try:
+                status, body = witness.add_checkpoint(old_size=old, proof=proof, note=note)
+            except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+                log.warning("witness %s unreachable: %s", witness.name, exc)
+                return None
+            if status == 409:
+                text = body.decode("ascii", "replace").strip()
+                if not text.isdigit():
+                    return None
+                old = int(text)
+                self._known[witness.name] = old
+                continue
+            if status != 200:
+                log.warning(
+                    "witness %s refused the checkpoint of size %d: %d %s",
+                    witness.name,
+                    checkpoint.size,
+                    status,
+                    body[:200].decode("utf-8", "replace").strip(),
+                )
+                return None
+            return self._accept(witness, body, checkpoint)
+        return None
+
+    def _accept(
+        self, witness: WitnessClient, body: bytes, checkpoint: Checkpoint
+    ) -> NoteSignature | None:
+        text = checkpoint.to_text()
+        try:
+            for line in body.decode("utf-8").splitlines():
+                sig = NoteSignature.from_line(line)
+                if (
+                    sig.name == witness.verifier.name
+                    and sig.key_id == witness.verifier.key_id
+                    and witness.verifier.verify(text, sig.signature)
+                ):
+                    self._known[witness.name] = checkpoint.size
+                    return sig
+        except (UnicodeDecodeError, LedgerError):
+            pass
+        log.warning("witness %s answered without a valid cosignature", witness.name)
+        return None
+
+    def wait_for_checkpoint(self, size: int, timeout: float) -> bytes | None:
+        """Wait until a recorded checkpoint covers `size` entries; return it (None on timeout)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._latest_size() < size:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._lock.wait(min(left, self.interval))
+        return self.storage.latest_checkpoint()
+
+    # -- receipts -----------------------------------------------------------------------------
+
+    def receipt(self, query_id: str, *, requester: str, timeout: float) -> Receipt:
+        """The requester's receipt for `query_id`: entries, proofs, a cosigned checkpoint and
+        the result's opening.
+
+        Raises:
+            NotFoundError: no such query in the log, or another requester's (indistinguishably).
+            NodeUnavailableError: no cosigned checkpoint covers the entries within `timeout`.
+        """
+        with self._lock:
+            owner = self._owners.get(query_id)
+        if owner is None or owner != requester:
+            raise NotFoundError(f"no query {query_id!r} of yours in the log")
+        indexes = self.indexes(query_id)
+        note = self.wait_for_checkpoint(max(indexes) + 1, timeout)
+        if note is None:
+            raise NodeUnavailableError(
+                "no checkpoint cosigned by a quorum covers this query's entries yet; retry"
+            )
+        size = Checkpoint.from_text(Note.from_bytes(note).text).size
+        entries = tuple(
+            (i, self.storage.entry(i), tuple(self.storage.inclusion_proof(i, size)))
+            for i in indexes
+        )
+        with self._lock:
+            opening = self._openings.get(query_id)
+        return Receipt(query_id=query_id, checkpoint=note, entries=entries, opening=opening)
+
+    def close(self) -> None:
+        """Stop checkpointing, finish queued appends, release the log directory."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._pool.shutdown(wait=True)
+        self.writer.close()
+        self.storage.close()
+
+
+def logged_or_unavailable(error: DataislandError) -> NodeUnavailableError:
+    """The error a caller sees when its decision could not be logged."""
+    return NodeUnavailableError(f"the audit log could not record the decision: {error}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the book, logged
+# ---------------------------------------------------------------------------------------------
+
+
+class AuditedBook(QueryBook):
+    """A `QueryBook` that appends every decision to the audit log before it takes effect.
+
+    Args:
+        audit: the log.
+        retention_seconds, max_queries, clock: as for `QueryBook`.
+    """
+
+    def __init__(
+        self,
+        *,
+        audit: AuditLog,
+        retention_seconds: float,
+        max_queries: int,
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__(retention_seconds=retention_seconds, max_queries=max_queries, clock=clock)
+        self.audit = audit
+        self._finishing: set[str] = set()
+
+    def _await_logged(self, record: QueryRecord) -> None:
+        if record.log_index is None and not record.finished:
+            # A concurrent duplicate submission: answer only once the first one is logged.
+            record.log_index = self.audit.wait_logged(record.query_id, timeout=10.0)
+
+    def find_request(self, requester: str, request_id: str) -> QueryRecord | None:
+        """As `QueryBook.find_request`, once the found query's first entry is durable."""
+        record = super().find_request(requester, request_id)
+        if record is not None:
+            self._await_logged(record)
+        return record
+
+    def add(self, record: QueryRecord) -> QueryRecord:
+        """As `QueryBook.add`; a new query's entry (or denial) is durable before this returns.
+
+        Raises:
+            ResourceLimitError: the book is full of unfinished queries.
+            NodeUnavailableError: the entry could not be logged (the query ends FAILED).
+        """
+        stored = super().add(record)
+        if stored is not record:
+            self._await_logged(stored)
+            return stored
+        signed = record.envelope
+        try:
+            entry: Entry
+            if record.state == coordinator_pb2.QUERY_STATE_DENIED:
+                entry = denial_entry(
+                    query_id=record.query_id,
+                    requester=record.requester,
+                    signed=signed,
+                    query_hash=record.query_hash,
+                    denied_by="policy",
+                    reasons=[r.message or r.rule for r in record.reasons],
+                    decided_at=record.submitted_at,
+                )
+            else:
+                entry = submission_entry(
+                    query_id=record.query_id,
+                    requester=record.requester,
+                    signed=signed,
+                    canonical_sql=record.canonical_sql,
+                    query_hash=record.query_hash,
+                    decision=(
+                        "pending"
+                        if record.state == coordinator_pb2.QUERY_STATE_PENDING
+                        else "allowed"
+                    ),
+                    submitted_at=record.submitted_at,
+                )
+            record.log_index = self.audit.append(entry)
+        except DataislandError as exc:
+            super().finish(
+                record,
+                coordinator_pb2.QUERY_STATE_FAILED,
+                error=common_pb2.ErrorDetail(code="UNAVAILABLE", message="audit log unavailable"),
+            )
+            raise logged_or_unavailable(exc) from None
+        return record
+
+    def approve(self, record: QueryRecord, department: str, approval: common_pb2.Approval) -> bool:
+        """As `QueryBook.approve`, with the approval durable in the log first.
+
+        Raises:
+            PermissionDeniedError: the query is not waiting for this department.
+            NodeUnavailableError: the approval could not be logged (it is not recorded).
+        """
+        if record.state == coordinator_pb2.QUERY_STATE_PENDING and department in record.waiting_for:
+            try:
+                self.audit.append(
+                    approval_entry(
+                        query_id=record.query_id,
+                        department=department,
+                        approval=approval,
+                        decided_at=self.clock(),
+                    )
+                )
+            except DataislandError as exc:
+                raise logged_or_unavailable(exc) from None
+        return super().approve(record, department, approval)
+
+    def finish(self, record: QueryRecord, state: int, **changes: object) -> bool:
+        """As `QueryBook.finish`, with the outcome durable in the log first (logged once even
+        when a cancel races the end of the run); if it cannot be logged, the query fails and
+        nothing is released."""
+        with self.lock:
+            if record.finished or record.query_id in self._finishing:
+                return False
+            self._finishing.add(record.query_id)
+        try:
+            try:
+                self._log_outcome(record, state, changes)
+            except DataislandError:
+                log.exception("query %s: its outcome could not be logged", record.query_id)
+                state = coordinator_pb2.QUERY_STATE_FAILED
+                changes = {
+                    "error": common_pb2.ErrorDetail(
+                        code="UNAVAILABLE", message="audit log unavailable; nothing released"
+                    )
+                }
+            return super().finish(record, state, **changes)
+        finally:
+            with self.lock:
+                self._finishing.discard(record.query_id)
+
+    def _log_outcome(self, record: QueryRecord, state: int, changes: dict[str, object]) -> None:
+        now = self.clock()
+        result = changes.get("result")
+        error = changes.get("error")
+        message = error.message if isinstance(error, common_pb2.ErrorDetail) else ""
+        code = error.code if isinstance(error, common_pb2.ErrorDetail) and error.code else "FAILED"
+        if state == coordinator_pb2.QUERY_STATE_SUCCEEDED and isinstance(
+            result, enclave_pb2.MergePartialsResponse
+        ):
+            submission = self.audit.submission(record.query_id)
+            if submission is None:
+                raise NodeUnavailableError("the query's submission is not in the log")
+            opening = ResultOpening.new(
+                result_digest=result.result_digest, suppressed=result.suppressed
+            )
+            self.audit.append(released_entry(submission, opening=opening, decided_at=now))
+            self.audit.keep_opening(record.query_id, opening)
+        elif state == coordinator_pb2.QUERY_STATE_DENIED:
+            self.audit.append(
+                denial_entry(
+                    query_id=record.query_id,
+                    requester=record.requester,
+                    signed=record.envelope,
+                    query_hash=record.query_hash,
+                    denied_by="officer",
+                    reasons=[message or "denied"],
+                    decided_at=now,
+                )
+            )
+        else:
+            stage = "cancel" if state == coordinator_pb2.QUERY_STATE_CANCELLED else "execution"
+            self.audit.append(
+                failure_entry(
+                    query_id=record.query_id,
+                    request_id=record.request_id,
+                    code=code,
+                    stage=stage,
+                    failed_at=now,
+                )
+            )
+
+    def log_refusal(
+        self, requester: str, signed: common_pb2.SignedEnvelope, error: DataislandError
+    ) -> None:
+        """Log SQL the SQL front refused (a denial entry) before the refusal is answered.
+
+        Raises:
+            NodeUnavailableError: it could not be logged.
+        """
+        entry = denial_entry(
+            query_id=str(uuid.uuid4()),
+            requester=requester,
+            signed=signed,
+            query_hash=None,
+            denied_by="coordinator.sql_front",
+            reasons=[str(error)],
+            decided_at=self.clock(),
+        )
+        try:
+            self.audit.append(entry)
+        except DataislandError as exc:
+            raise logged_or_unavailable(exc) from None
