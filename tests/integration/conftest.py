@@ -5,14 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import random
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import duckdb
 import pytest
 from click.testing import CliRunner
 
-from dataisland.canonical import QueryEnvelope, new_salt, params_commitment
+from dataisland.canonical import QueryEnvelope, TypedParam, new_salt, params_commitment
 from dataisland.cli import main
 from dataisland.client import Client
 from dataisland.envelopes import sign
@@ -161,15 +161,16 @@ def signed_envelope(
     identity: str = ANALYST,
     purpose: str = "statistics",
     issued_at: dt.datetime | None = None,
+    params: Sequence[TypedParam] = (),
 ) -> common_pb2.SignedEnvelope:
     """A requester's envelope, signed with its certificate's key as the client would."""
     salt = new_salt()
     envelope = QueryEnvelope(
         sql=sql,
-        params_commitment=params_commitment([], salt=salt),
+        params_commitment=params_commitment(list(params), salt=salt),
         purpose=purpose,
         request_id=request_id,
         issued_at=issued_at or dt.datetime.now(dt.UTC),
     )
     key = load_private_key(credentials_of(directory, identity).key_pem)
-    return sign(envelope, key=key, params=[], salt=salt)
+    return sign(envelope, key=key, params=params, salt=salt)
