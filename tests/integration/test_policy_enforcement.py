@@ -51,7 +51,9 @@ def _enclave(directory: Path, department: str = "qingpu") -> enclave_pb2_grpc.En
     return enclave_pb2_grpc.EnclaveServiceStub(channel)
 
 
-def _forwarded(directory: Path, signed: common_pb2.SignedEnvelope, identity: str = ANALYST):
+def _forwarded(
+    directory: Path, signed: common_pb2.SignedEnvelope, identity: str = ANALYST
+) -> common_pb2.SignedEnvelope:
     """The envelope as a coordinator forwards it: with the requester's certificate attached."""
     department, role, name = identity.split("/")
     certificate, _ = credential_paths(directory, department=department, role=role, name=name)
@@ -66,7 +68,7 @@ def _forwarded(directory: Path, signed: common_pb2.SignedEnvelope, identity: str
 
 def _template_envelope(
     directory: Path, identity: str = ANALYST, purpose: str = "eligibility check"
-):
+) -> common_pb2.SignedEnvelope:
     params = [
         TypedParam.of("person_id", "VARCHAR", "p1-1"),
         TypedParam.of("since", "DATE", dt.date(2024, 1, 1)),
@@ -110,13 +112,17 @@ def _approval(
     return common_pb2.Approval(approval=approval.to_bytes(), signature=approval.sign(signer))
 
 
-def _refused(stub: enclave_pb2_grpc.EnclaveServiceStub, request: object) -> grpc.RpcError:
+def _refused(
+    stub: enclave_pb2_grpc.EnclaveServiceStub, request: enclave_pb2.ExecutePartialRequest
+) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
         stub.ExecutePartial(request, timeout=20)
     return info.value
 
 
-def test_disallowed_query_is_refused_by_the_enclave(running, federation_dir: Path) -> None:
+def test_disallowed_query_is_refused_by_the_enclave(
+    running: FederationProcesses, federation_dir: Path
+) -> None:
     signed = _forwarded(
         federation_dir,
         signed_envelope(
@@ -133,7 +139,9 @@ def test_disallowed_query_is_refused_by_the_enclave(running, federation_dir: Pat
     assert "amount" in (error.details() or "")
 
 
-def test_identity_literal_outside_a_template_is_refused(running, federation_dir: Path) -> None:
+def test_identity_literal_outside_a_template_is_refused(
+    running: FederationProcesses, federation_dir: Path
+) -> None:
     signed = _forwarded(
         federation_dir,
         signed_envelope(
@@ -149,7 +157,9 @@ def test_identity_literal_outside_a_template_is_refused(running, federation_dir:
     assert "person_id" in (error.details() or "")
 
 
-def test_manual_template_without_approval_is_refused(running, federation_dir: Path) -> None:
+def test_manual_template_without_approval_is_refused(
+    running: FederationProcesses, federation_dir: Path
+) -> None:
     signed = _template_envelope(federation_dir)
     error = _refused(
         _enclave(federation_dir), enclave_pb2.ExecutePartialRequest(query_id="x", envelope=signed)
@@ -159,7 +169,7 @@ def test_manual_template_without_approval_is_refused(running, federation_dir: Pa
 
 
 def test_approved_template_runs_and_carries_k_and_policy_hash(
-    running, federation_dir: Path
+    running: FederationProcesses, federation_dir: Path
 ) -> None:
     signed = _template_envelope(federation_dir)
     response = _enclave(federation_dir).ExecutePartial(
@@ -182,7 +192,7 @@ def test_approved_template_runs_and_carries_k_and_policy_hash(
     ],
 )
 def test_forged_or_misbound_approvals_are_refused(
-    running, federation_dir: Path, change: dict[str, object], named: str
+    running: FederationProcesses, federation_dir: Path, change: dict[str, object], named: str
 ) -> None:
     signed = _template_envelope(federation_dir)
     approval = _approval(federation_dir, signed, **change)  # type: ignore[arg-type]
@@ -194,7 +204,9 @@ def test_forged_or_misbound_approvals_are_refused(
     assert named in (error.details() or "")
 
 
-def test_approval_replayed_with_a_new_request_id_is_refused(running, federation_dir: Path) -> None:
+def test_approval_replayed_with_a_new_request_id_is_refused(
+    running: FederationProcesses, federation_dir: Path
+) -> None:
     first = _template_envelope(federation_dir)
     approval = _approval(federation_dir, first)
     stub = _enclave(federation_dir)
