@@ -438,3 +438,66 @@ def verify(file: Path, officers: tuple[str, ...], required: int) -> None:
 
 
 __all__ = ["decision_json", "policy"]
+
+
+def _deployed(directory: Path, file: Path) -> tuple[Policy, Policy | None, Path]:
+    """The candidate policy (verified against the department's pinned officers) and the one
+    deployed now, if any."""
+    federation = load_federation(directory / "federation.yaml")
+    candidate = Policy.from_yaml(_read(file, "policy"))
+    department = candidate.department
+    if department not in federation.departments:
+        raise ConfigError(f"{department} is not a department of {directory}")
+    entry = federation.departments[department]
+    verify_signed_policy(
+        _read(file, "policy"),
+        decode_signatures(_read(_signature_path(file), "signatures")),
+        pinned_officer_keys=federation.officer_keys(department),
+        required=entry.signatures_required,
+        department=department,
+    )
+    try:
+        current: Policy | None = Policy.from_yaml(entry.policy.read_bytes())
+    except OSError:
+        current = None
+    return candidate, current, entry.policy
+
+
+@policy.command("diff")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--federation", "directory", type=click.Path(path_type=Path), required=True)
+@friendly_errors
+def diff(file: Path, directory: Path) -> None:
+    """Show what FILE changes against the policy deployed in the federation directory."""
+    import difflib
+
+    candidate, current, path = _deployed(directory, file)
+    before = json.dumps(current.raw if current else {}, indent=2, sort_keys=True, default=str)
+    after = json.dumps(candidate.raw, indent=2, sort_keys=True, default=str)
+    lines = list(
+        difflib.unified_diff(before.splitlines(), after.splitlines(), str(path), str(file))
+    )
+    console.print("\n".join(escape(line) for line in lines) if lines else "no change")
+
+
+@policy.command("deploy")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--federation", "directory", type=click.Path(path_type=Path), required=True)
+@friendly_errors
+def deploy(file: Path, directory: Path) -> None:
+    """Activate FILE (and FILE.sig.json) for its department: signed by enough pinned officers
+    and of a higher version than the deployed one. Running enclaves pick it up on the next
+    query and themselves refuse anything unsigned or older."""
+    candidate, current, path = _deployed(directory, file)
+    if current is not None and candidate.version <= current.version:
+        raise ConfigError(
+            f"version {candidate.version} is not above the deployed version {current.version}"
+        )
+    signatures = _read(_signature_path(file), "signatures")
+    write_pem(path.with_name(path.name + ".sig.json"), signatures)
+    write_pem(path, _read(file, "policy"))
+    console.print(
+        f"deployed {candidate.department} policy version {candidate.version} "
+        f"(hash {candidate.hash}) to {path}",
+        highlight=False,
+    )
