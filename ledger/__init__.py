@@ -7,8 +7,12 @@ tlog-tiles export and offline verification.
 - `ledger.witness`: the tlog-witness add-checkpoint state transition (pure) and its state file;
 - `ledger.storage`: durable append-only entries and checkpoint history, group commit;
 - `ledger.tiles`, `ledger.verify`: the export tree and its offline verifier;
+- `ledger.receipt`: a requester's receipt and its verification (pure);
+- `ledger.keys`: Ed25519 note keys as owner-only PEM files;
+- `ledger.witness_service`: the witness node (tlog-witness over HTTPS with mutual TLS);
 - `ledger.errors`: the `LedgerError` family.
 
 docs/log-formats.md defines every byte format. This package imports neither enclave nor
-coordinator, runs no server and parses no command line: the coordinator and the CLI wire it.
+coordinator and parses no command line; apart from the witness node it runs no server: the
+coordinator and the CLI wire it.
 """

@@ -391,8 +391,8 @@ def init_command(
     table.add_row("aggregator", "committee", federation.committee.aggregator, "")
     table.add_row("coordinator", "committee", federation.committee.coordinator, "")
     if federation.log is not None:
-        for witness, entry in federation.log.witnesses.items():
-            table.add_row(f"witness-{witness}", "witness", entry.address, "")
+        for witness, endpoint in federation.log.witnesses.items():
+            table.add_row(f"witness-{witness}", "witness", endpoint.address, "")
     console.print(table)
     console.print(
         f"next: [bold]dataisland shard load {directory} --department D --table T FILE[/], "

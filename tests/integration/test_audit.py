@@ -360,3 +360,17 @@ def test_no_result_value_or_count_in_the_clear(
             for text in _strings(obj.get(key)):
                 leaked = [c for c in interesting if c in text]
                 assert not leaked, (index, key, leaked[:3])
+
+
+def test_audit_log_lists_entries_from_the_running_coordinator(
+    running: FederationProcesses, federation_dir: Path
+) -> None:
+    with client_for(federation_dir) as client:
+        status = client.query("SELECT avg(amount) AS mean FROM claims", purpose=PURPOSE).status
+    listed = cli("audit", "log", "--federation", str(federation_dir), "--as", AUDITOR, "--json")
+    assert listed.exit_code == 0, listed.output
+    lines = [json.loads(line) for line in listed.output.splitlines()]
+    assert lines[status.log_index]["query_id"] == status.query_id
+    table = cli("audit", "log", "--federation", str(federation_dir), "--last", "3")
+    assert table.exit_code == 0, table.output
+    assert "the coordinator at" in table.output

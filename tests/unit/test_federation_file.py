@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from dataisland.errors import ConfigError
 from dataisland.federation import Federation, load_federation, load_node_config
+
+OFFICER_KEY = base64.b64encode(
+    Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+).decode()
 
 VALID: dict[str, Any] = {
     "federation": "zone",
@@ -20,8 +27,15 @@ VALID: dict[str, Any] = {
             "enclave": "127.0.0.1:7102",
             "ca": "identity/qingpu/ca.crt",
             "revocations": "identity/qingpu/revocations.crl",
+            "policy": "policies/qingpu.yaml",
+            "officers": {"officer": OFFICER_KEY},
         },
-        "wujiang": {"enclave": "127.0.0.1:7103", "ca": "identity/wujiang/ca.crt"},
+        "wujiang": {
+            "enclave": "127.0.0.1:7103",
+            "ca": "identity/wujiang/ca.crt",
+            "policy": "policies/wujiang.yaml",
+            "officers": {"officer": OFFICER_KEY},
+        },
     },
     "committee": {
         "coordinator": "127.0.0.1:7100",
@@ -79,6 +93,8 @@ def test_authorities_resolve_against_the_file_and_include_the_committee(tmp_path
         ),
     }
     assert federation.dns_name("enclave", "qingpu") == "enclave.qingpu.zone.dataisland"
+    assert federation.departments["qingpu"].policy == base / "policies" / "qingpu.yaml"
+    assert list(federation.officer_keys("wujiang")) == ["officer"]
 
 
 def _broken(path: tuple[str, ...], value: object) -> dict[str, Any]:
