@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from test_ledger_entries import sample_entries
 
 from ledger.checkpoint import Checkpoint, add_signatures, cosign, sign_checkpoint
 from ledger.entries import FailureEntry
@@ -29,6 +28,7 @@ from ledger.tiles import (
 )
 from ledger.verify import verify_export
 from ledger.witness import WitnessState, add_checkpoint
+from tests.unit.test_ledger_entries import sample_entries
 
 ORIGIN = "log.example/dataisland"
 QUORUM = 3

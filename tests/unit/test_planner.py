@@ -16,7 +16,7 @@ from dataisland.errors import (
     UnsupportedQueryError,
 )
 from enclave.engine import DuckDBMergeEngine, EngineResult, Lockdown, run_partial
-from enclave.planner import MergeOutcome, merge_partials, plan_query
+from enclave.planner import FederatedPlan, MergeOutcome, merge_partials, plan_query
 from policies.sqlfront import parse_query
 
 CATALOG = {
@@ -70,8 +70,12 @@ def _release(
     return merge_partials(plan, partials, engine, k=k)
 
 
-def _people(cat: str, count: int, prefix: str) -> list[tuple[str, int | None, int | None]]:
-    return [(cat, 1, f"{prefix}{i}") for i in range(count)]
+Rows = list[tuple[str, int | None, int | None]]
+
+
+def _people(cat: str, count: int, base: int) -> Rows:
+    """`count` people in category `cat`, with ids from `base`."""
+    return [(cat, 1, base + i) for i in range(count)]
 
 
 K3 = {"qingpu": 3, "wujiang": 3, "jiashan": 3}
@@ -144,14 +148,14 @@ def test_case_cell_counts_only_the_units_it_keeps() -> None:
 
 
 def test_empty_global_aggregate_is_suppressed_not_zero() -> None:
-    shards = {"qingpu": [], "wujiang": [], "jiashan": []}
+    shards: dict[str, Rows] = {"qingpu": [], "wujiang": [], "jiashan": []}
     outcome = _release("SELECT count(*) AS n FROM claims", shards, K3)
     assert outcome.result.table.num_rows == 0
     assert outcome.suppressed_rows == 1
 
 
 def test_rows_without_a_unit_count_as_one_unit_not_as_an_empty_share() -> None:
-    shards = {
+    shards: dict[str, Rows] = {
         "qingpu": _people("g", 5, 100),
         "wujiang": [("g", 7, None), ("g", 8, None)],
         "jiashan": [],
@@ -219,7 +223,7 @@ def test_single_department_join_runs_whole_query_on_that_department() -> None:
     assert partial.table.column("__units").to_pylist() == [2, 1]
 
 
-def _partials(plan, departments):  # type: ignore[no-untyped-def]
+def _partials(plan: FederatedPlan, departments: list[str]) -> dict[str, pa.Table]:
     con = duckdb.connect()
     con.execute("CREATE TABLE claims (pid INTEGER, cat VARCHAR, n INTEGER)")
     table = run_partial(plan, con).table

@@ -119,7 +119,7 @@ shard = st.one_of(
 
 
 def _table(data: list[tuple[Any, ...]]) -> pa.Table:
-    columns = list(zip(*data, strict=True)) if data else [[] for _ in SCHEMA]
+    columns: list[tuple[Any, ...]] = list(zip(*data, strict=True)) if data else [() for _ in SCHEMA]
     return pa.table(
         [pa.array(list(c), type=f.type) for c, f in zip(columns, SCHEMA, strict=True)],
         schema=SCHEMA,
