@@ -114,10 +114,22 @@ def serve_until_signalled(
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
     # SO_REUSEPORT off: a second node on the same port must fail, not silently share it.
     options = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
     server = grpc.server(ThreadPoolExecutor(max_workers=workers), options=options)
-    register(server)
+    recording = _RecordingServer(server)
+    register(cast(grpc.Server, recording))
+    # Standard health checking and reflection, so generic tools (grpcurl, buf curl) can call it.
+    checker = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+    for service in ["", *recording.services]:
+        checker.set(service, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        [*recording.services, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
     try:
         bound = server.add_secure_port(address, credentials)
     except RuntimeError:
@@ -133,6 +145,30 @@ def serve_until_signalled(
     log.info("%s listening on %s", name, address)
     print(f"{name} listening on {address}", flush=True)
     stop.wait()
+    checker.enter_graceful_shutdown()
     if on_stop is not None:
         on_stop()
     server.stop(grace=2).wait()
+
+
+class _RecordingServer:
+    """A grpc.Server stand-in that notes which services a servicer registers."""
+
+    def __init__(self, server: grpc.Server) -> None:
+        self._server = server
+        self.services: list[str] = []
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        for handler in handlers:
+            name = getattr(handler, "service_name", None)
+            if callable(name) and str(name()) not in self.services:
+                self.services.append(str(name()))
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+        if service not in self.services:
+            self.services.append(service)
+        self._server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
