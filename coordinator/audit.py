@@ -686,8 +686,14 @@ class AuditedBook(QueryBook):
         retention_seconds: float,
         max_queries: int,
         clock: Callable[[], float],
+        max_unfinished_per_requester: int = 16,
     ) -> None:
-        super().__init__(retention_seconds=retention_seconds, max_queries=max_queries, clock=clock)
+        super().__init__(
+            retention_seconds=retention_seconds,
+            max_queries=max_queries,
+            clock=clock,
+            max_unfinished_per_requester=max_unfinished_per_requester,
+        )
         self.audit = audit
         self._finishing: set[str] = set()
 

@@ -73,10 +73,16 @@ class QueryBook:
     """Thread-safe store of query records with the retention rule above."""
 
     def __init__(
-        self, *, retention_seconds: float, max_queries: int, clock: Callable[[], float]
+        self,
+        *,
+        retention_seconds: float,
+        max_queries: int,
+        clock: Callable[[], float],
+        max_unfinished_per_requester: int = 16,
     ) -> None:
         self.retention_seconds = retention_seconds
         self.max_queries = max_queries
+        self.max_unfinished_per_requester = max_unfinished_per_requester
         self.clock = clock
         self.lock = threading.Lock()
         self._by_id: dict[str, QueryRecord] = {}
@@ -104,6 +110,17 @@ class QueryBook:
                 raise ResourceLimitError(
                     f"the coordinator already tracks {self.max_queries} unfinished queries; "
                     "retry later"
+                )
+            # One requester cannot starve the others: its unfinished queries are capped.
+            mine = sum(
+                1
+                for r in self._by_id.values()
+                if r.requester == record.requester and not r.finished
+            )
+            if mine >= self.max_unfinished_per_requester:
+                raise ResourceLimitError(
+                    f"{record.requester} already has {mine} unfinished queries, the most one "
+                    "requester may have; wait for one to finish"
                 )
             self._by_id[record.query_id] = record
             self._by_request[(record.requester, record.request_id)] = record.query_id

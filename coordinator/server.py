@@ -53,6 +53,7 @@ def serve_coordinator(config: NodeConfig) -> None:
         retention_seconds=config.retention_seconds,
         max_queries=config.retention_max_queries,
         clock=time.time,
+        max_unfinished_per_requester=config.max_unfinished_per_requester,
     )
     # With a `log:` section, every decision is logged before it is answered (coordinator/audit.py).
     audit = AuditLog.open(config, federation) if federation.log is not None else None
@@ -62,6 +63,7 @@ def serve_coordinator(config: NodeConfig) -> None:
             retention_seconds=config.retention_seconds,
             max_queries=config.retention_max_queries,
             clock=time.time,
+            max_unfinished_per_requester=config.max_unfinished_per_requester,
         )
         audit.start()
     servicer = Coordinator(

@@ -145,6 +145,34 @@ class LogSection(_Strict):
         return self
 
 
+_HEX32 = r"^[0-9a-f]{64}$"
+
+
+class ReferenceEntry(_Strict):
+    """What one enclave role's evidence must show."""
+
+    measurement: str = Field(pattern=_HEX32, description="`dataisland enclave measure` prints it")
+    signer: str = Field(pattern=_HEX32, description="hash of the enclave signer's identity")
+
+
+class AttestationSection(_Strict):
+    """The simulated vendor root every verifier pins, and the reference values per role.
+
+    A debug enclave is accepted only when the federation is for development.
+    """
+
+    vendor_root: Path = Field(description="the (simulated) vendor root certificate (PEM)")
+    minimum_svn: int = Field(default=1, ge=0, description="lowest acceptable security version")
+    reference: dict[Literal["department", "aggregator"], ReferenceEntry]
+
+    @model_validator(mode="after")
+    def _both_roles(self) -> AttestationSection:
+        missing = {"department", "aggregator"} - set(self.reference)
+        if missing:
+            raise ValueError(f"reference values missing for {sorted(missing)}")
+        return self
+
+
 class Federation(_Strict):
     """The whole federation file."""
 
@@ -156,6 +184,9 @@ class Federation(_Strict):
     committee: CommitteeEntry
     tables: dict[Name, TableEntry] = Field(default_factory=dict)
     log: LogSection | None = Field(default=None, description="the audit log and its witnesses")
+    attestation: AttestationSection | None = Field(
+        default=None, description="the vendor root and reference values enclaves are held to"
+    )
 
     @model_validator(mode="after")
     def _holders_exist(self) -> Federation:
@@ -232,6 +263,13 @@ class TLSFiles(_Strict):
     key: Path
 
 
+class PlatformFiles(_Strict):
+    """An enclave host's (simulated) platform key and its certificate from the vendor root."""
+
+    certificate: Path
+    key: Path
+
+
 class NodeConfig(_Strict):
     """One process's configuration: its role and its own resources.
 
@@ -250,10 +288,19 @@ class NodeConfig(_Strict):
     max_result_rows: int = Field(default=1_000_000, ge=1)
     retention_seconds: float = Field(default=3600.0, gt=0)
     retention_max_queries: int = Field(default=10_000, ge=1)
+    max_unfinished_per_requester: int = Field(
+        default=16, ge=1, description="queries one requester may have pending or running"
+    )
     log_dir: Path | None = Field(default=None, description="coordinator: the audit log directory")
     log_key: Path | None = Field(default=None, description="coordinator: the log's Ed25519 key")
     witness_key: Path | None = Field(default=None, description="witness: its cosigning key")
     witness_state: Path | None = Field(default=None, description="witness: its state file")
+    platform: PlatformFiles | None = Field(
+        default=None, description="enclaves: the simulated platform key that signs evidence"
+    )
+    debug: bool = Field(
+        default=False, description="enclaves: launched in debug mode (evidence says so)"
+    )
 
     _address = field_validator("listen")(_check_address)
 
@@ -278,6 +325,8 @@ class NodeConfig(_Strict):
             self.witness_key is not None or self.witness_state is not None
         ):
             raise ValueError("only a witness takes 'witness_key' and 'witness_state'")
+        if self.role not in ("department", "aggregator") and (self.platform or self.debug):
+            raise ValueError("only an enclave node takes 'platform' and 'debug'")
         return self
 
 
@@ -337,8 +386,18 @@ def load_federation(path: Path) -> Federation:
             for name, entry in log.witnesses.items()
         }
         log = log.model_copy(update={"witnesses": witnesses})
+    attestation = federation.attestation
+    if attestation is not None:
+        attestation = attestation.model_copy(
+            update={"vendor_root": base / attestation.vendor_root}
+        )
     return federation.model_copy(
-        update={"departments": departments, "committee": committee, "log": log}
+        update={
+            "departments": departments,
+            "committee": committee,
+            "log": log,
+            "attestation": attestation,
+        }
     )
 
 
@@ -355,9 +414,13 @@ def load_node_config(path: Path) -> NodeConfig:
         raise ConfigError(f"node configuration {path}: {_describe(exc)}") from None
     base = path.resolve().parent
     tls = TLSFiles(certificate=base / config.tls.certificate, key=base / config.tls.key)
+    platform = config.platform
+    if platform is not None:
+        platform = PlatformFiles(certificate=base / platform.certificate, key=base / platform.key)
     return config.model_copy(
         update={
             "tls": tls,
+            "platform": platform,
             "federation": base / config.federation,
             "shard": None if config.shard is None else base / config.shard,
             **{
