@@ -510,13 +510,12 @@ def test_exemption_is_only_in_templates() -> None:
         Policy.from_mapping(raw)
 
 
-# --- SQL front gaps found while building the checker ----------------------------------------
-# Each query below is accepted by policies/sqlfront.py yet fails inside DuckDB depending on row
-# values (a per-row error oracle). The checker denies every one of them (asserted here), but the
-# SQL front's own promise ("casts ... that can fail are refused") does not hold; the xfail marks
-# the front's gap and turns into a failure (strict) once the front refuses them itself.
+# --- per-row error oracles ------------------------------------------------------------------
+# Each query below parses (the SQL front knows no column types) yet would fail inside DuckDB
+# depending on row values. Refusing them takes types, so it is the checker's job, and the
+# checker runs in every department enclave before its shard is touched (docs/adr/0009).
 
-SQLFRONT_ORACLE_BYPASSES = [
+ERROR_ORACLES = [
     ("cast-varchar-to-double",
      "SELECT count(*) AS n FROM claims WHERE CAST(category AS DOUBLE) > 0",
      "cast.not_total"),
@@ -542,23 +541,10 @@ SQLFRONT_ORACLE_BYPASSES = [
 
 @pytest.mark.parametrize(
     ("sql", "rule"),
-    [case[1:] for case in SQLFRONT_ORACLE_BYPASSES],
-    ids=[case[0] for case in SQLFRONT_ORACLE_BYPASSES],
+    [case[1:] for case in ERROR_ORACLES],
+    ids=[case[0] for case in ERROR_ORACLES],
 )
-def test_checker_denies_error_oracles_the_sql_front_accepts(sql: str, rule: str) -> None:
+def test_checker_denies_per_row_error_oracles(sql: str, rule: str) -> None:
     decision = decide(sql)
     assert decision.verdict is Verdict.DENY
     assert _has(decision, rule, None, None), decision.explain()
-
-
-@pytest.mark.xfail(
-    strict=True, reason="SQLFRONT BYPASS: the SQL front accepts per-row error oracles"
-)
-@pytest.mark.parametrize(
-    "sql",
-    [case[1] for case in SQLFRONT_ORACLE_BYPASSES],
-    ids=[case[0] for case in SQLFRONT_ORACLE_BYPASSES],
-)
-def test_sqlfront_bypass_error_oracle_is_refused_by_the_front(sql: str) -> None:
-    with pytest.raises(DataislandError):
-        parse_query(sql, catalog=CATALOG)
