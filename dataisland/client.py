@@ -104,7 +104,17 @@ class Client:
         self.timeout = timeout
         own = KeyPair.load(certificate, key)
         self._key = load_private_key(own.key_pem)
-        self.principal = principal_of(load_certificate(own.certificate_pem))
+        mine = load_certificate(own.certificate_pem)
+        self.principal = principal_of(mine)
+        now = dt.datetime.now(dt.UTC)
+        if not mine.not_valid_before_utc <= now <= mine.not_valid_after_utc:
+            # The server would only drop the TLS handshake; say why here instead.
+            raise QueryFailedError(
+                "UNAUTHENTICATED",
+                f"your certificate {certificate} is valid from {mine.not_valid_before_utc} "
+                f"until {mine.not_valid_after_utc}, not now; ask your department's CA for a "
+                "new one",
+            )
         ca = server_ca.read_bytes()
         self._channel = secure_channel(address, own=own, server_ca_pem=ca, server_name=server_name)
         self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(self._channel)

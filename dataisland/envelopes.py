@@ -76,8 +76,9 @@ def check_signed_envelope(
     Raises:
         UnauthenticatedError: the signature does not verify, or the envelope is stale or from
             the future (freshness is part of proving who asked, and when).
-        InvalidInputError: the envelope or its parameters are malformed, or the parameters do
-            not open the commitment.
+        InvalidInputError: the envelope's fields or its parameters are malformed, or the
+            parameters do not open the commitment.
+        CanonicalEncodingError: the envelope bytes are not canonical JSON.
     """
     if not signed.envelope:
         raise InvalidInputError("envelope is empty")

@@ -265,6 +265,13 @@ class TrustStore:
                 raise UnauthenticatedError(
                     f"the revocation list of {principal.department} is not signed by its CA"
                 )
+            next_update = crl.next_update_utc
+            if next_update is not None and now > next_update:
+                # A stale list may omit recent revocations: fail closed until the CA re-issues it.
+                raise UnauthenticatedError(
+                    f"the revocation list of {principal.department} expired at {next_update}; "
+                    "its CA must publish a new one"
+                )
             if crl.get_revoked_certificate_by_serial_number(certificate.serial_number) is not None:
                 raise UnauthenticatedError(f"certificate of {principal} is revoked")
         return principal

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
 import socket
 from collections.abc import Iterator, Sequence
@@ -20,7 +21,7 @@ from dataisland.federation import load_federation
 from dataisland.identity import credential_paths, load_private_key
 from dataisland.supervisor import FederationProcesses
 from dataisland.tls import KeyPair, secure_channel
-from dataisland.v1 import common_pb2, coordinator_pb2_grpc
+from dataisland.v1 import common_pb2, coordinator_pb2_grpc, enclave_pb2, enclave_pb2_grpc
 
 DEPARTMENTS = ("qingpu", "wujiang", "jiashan")
 
@@ -28,7 +29,7 @@ DEPARTMENTS = ("qingpu", "wujiang", "jiashan")
 def free_base_port(count: int = 12) -> int:
     """A base port with `count` consecutive free loopback ports above it."""
     for _ in range(200):
-        base = random.randrange(20_000, 60_000)
+        base = random.randrange(20_000, 32_000)  # below the ephemeral range
         try:
             sockets = []
             for port in range(base, base + count):
@@ -174,3 +175,51 @@ def signed_envelope(
     )
     key = load_private_key(credentials_of(directory, identity).key_pem)
     return sign(envelope, key=key, params=params, salt=salt)
+
+
+def coordinator_credentials(directory: Path) -> KeyPair:
+    """The committee coordinator's own node credentials (tests acting as the coordinator)."""
+    certificate, key = credential_paths(
+        directory, department="committee", role="coordinator", name="node"
+    )
+    return KeyPair.load(certificate, key)
+
+
+def aggregator_stub(directory: Path) -> enclave_pb2_grpc.AggregatorServiceStub:
+    """The aggregator, dialled with the coordinator's own certificate."""
+    federation = load_federation(directory / "federation.yaml")
+    channel = secure_channel(
+        federation.committee.aggregator,
+        own=coordinator_credentials(directory),
+        server_ca_pem=federation.committee.ca.read_bytes(),
+        server_name=federation.dns_name("aggregator", federation.committee.name),
+    )
+    return enclave_pb2_grpc.AggregatorServiceStub(channel)
+
+
+def enclave_stub(directory: Path, department: str) -> enclave_pb2_grpc.EnclaveServiceStub:
+    """A department's enclave, dialled with the coordinator's own certificate."""
+    federation = load_federation(directory / "federation.yaml")
+    channel = secure_channel(
+        federation.departments[department].enclave,
+        own=coordinator_credentials(directory),
+        server_ca_pem=federation.departments[department].ca.read_bytes(),
+        server_name=federation.dns_name("enclave", department),
+    )
+    return enclave_pb2_grpc.EnclaveServiceStub(channel)
+
+
+def aggregator_evidence(directory: Path) -> bytes:
+    """The running aggregator's evidence, as a coordinator relays it to the departments."""
+    response = aggregator_stub(directory).Attest(
+        enclave_pb2.AggregatorServiceAttestRequest(nonce=os.urandom(32)), timeout=20
+    )
+    return bytes(response.evidence)
+
+
+def department_evidence(directory: Path, department: str) -> bytes:
+    """A running department enclave's evidence, as a coordinator relays it to the aggregator."""
+    response = enclave_stub(directory, department).Attest(
+        enclave_pb2.AttestRequest(nonce=os.urandom(32)), timeout=20
+    )
+    return bytes(response.evidence)
