@@ -21,10 +21,13 @@ signature, and for a released result only a salted commitment to {result digest,
 flag}, whose opening (`ResultOpening`) goes to the requester with its receipt. No result value,
 no count, no parameter appears in the clear.
 
-Not done here: execution reports from enclaves (witnesses do not check them yet), policy,
-approval, partial and attestation entries (the running enclaves do not sign partials or the
-result yet), and openings survive only in this process's memory (a receipt asked for after a
-coordinator restart has no opening).
+A released entry carries the aggregator's own commitment and its signature over the result
+statement (dataisland/attestation.py); attestation entries are appended by the coordinator's
+`Attestor` (coordinator/attestation.py, wired in coordinator/server.py).
+
+Not done here: execution reports from enclaves (witnesses do not check them yet), policy
+activation entries, each partial's signature in the query entry, and openings survive only in
+this process's memory (a receipt asked for after a coordinator restart has no opening).
 """
 
 from __future__ import annotations
@@ -160,13 +163,19 @@ def submission_entry(
 
 
 def released_entry(
-    submission: QueryEntry, *, opening: ResultOpening, decided_at: float
+    submission: QueryEntry,
+    *,
+    opening: ResultOpening,
+    decided_at: float,
+    aggregator_signature: bytes | None = None,
 ) -> QueryEntry:
     """The query entry appended when a result is released: the submission's fields plus the
-    result commitment (the aggregator's signature stays null until the aggregator signs)."""
+    result commitment and the aggregator's signature over the result statement
+    (dataisland.attestation.result_statement), when it signed."""
     return submission.model_copy(
         update={
             "result_commitment": opening.commitment().hex(),
+            "aggregator_signature": _b64(aggregator_signature) if aggregator_signature else None,
             "decision": "released",
             "decided_at": _time(decided_at),
         }
@@ -817,7 +826,19 @@ class AuditedBook(QueryBook):
             opening = ResultOpening.new(
                 result_digest=result.result_digest, suppressed=result.suppressed
             )
-            self.audit.append(released_entry(submission, opening=opening, decided_at=now))
+            if result.result_salt:
+                # The aggregator made and signed the commitment: log that one, not a new one.
+                opening = ResultOpening(
+                    salt=result.result_salt, canonical_bytes=opening.canonical_bytes
+                )
+            self.audit.append(
+                released_entry(
+                    submission,
+                    opening=opening,
+                    decided_at=now,
+                    aggregator_signature=result.result_signature or None,
+                )
+            )
             self.audit.keep_opening(record.query_id, opening)
         elif state == coordinator_pb2.QUERY_STATE_DENIED:
             self.audit.append(

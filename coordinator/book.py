@@ -60,6 +60,8 @@ class QueryRecord:
     log_index: int | None = None
     error: common_pb2.ErrorDetail | None = None
     result: enclave_pb2.MergePartialsResponse | None = None
+    # The aggregator evidence pinning the key that signed `result` (coordinator/attestation.py).
+    aggregator_evidence: bytes = b""
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
 

@@ -7,11 +7,13 @@ import time
 
 import grpc
 
+from coordinator.attestation import Attestor, attestation_entry, attestation_failure_entry
 from coordinator.audit import AuditedBook, AuditLog
 from coordinator.audit_service import AuditServicer
 from coordinator.book import QueryBook
 from coordinator.judge import Judge
 from coordinator.service import Coordinator
+from dataisland.attestation import AttestationError, AttestedEnclave, TrustAnchors
 from dataisland.federation import NodeConfig, load_federation
 from dataisland.rpc import serve_until_signalled
 from dataisland.tls import Authenticator, KeyPair, secure_channel, server_credentials
@@ -66,7 +68,33 @@ def serve_coordinator(config: NodeConfig) -> None:
             max_unfinished_per_requester=config.max_unfinished_per_requester,
         )
         audit.start()
+
+    def utc_now() -> dt.datetime:
+        return dt.datetime.now(dt.UTC)
+
+    # Every enclave and the aggregator is attested before a query goes to it; accepted evidence
+    # and refusals go to the audit log when there is one.
+    log_evidence = log_failure = None
+    if audit is not None:
+        sink = audit
+
+        def log_evidence(attested: AttestedEnclave) -> None:
+            sink.append(attestation_entry(attested, verified_at=utc_now()))
+
+        def log_failure(error: AttestationError) -> None:
+            sink.append(attestation_failure_entry(error, failed_at=utc_now()))
+
+    attestor = Attestor(
+        anchors=TrustAnchors.from_federation(federation),
+        enclaves=enclaves,
+        aggregator=aggregator,
+        aggregator_node=committee,
+        clock=utc_now,
+        on_verified=log_evidence,
+        on_failed=log_failure,
+    )
     servicer = Coordinator(
+        attestor=attestor,
         catalog=federation.catalog(),
         authenticator=authenticator,
         judge=Judge(federation, clock=lambda: dt.datetime.now(dt.UTC)),

@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from coordinator.attestation import Attestor, verify_result
 from coordinator.book import FINAL_STATES, QueryBook, QueryRecord
 from coordinator.judge import Judge, reasons_to_proto, waiting_for
 from dataisland.canonical import QueryEnvelope, query_hash
@@ -126,9 +127,11 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         aggregator: enclave_pb2_grpc.AggregatorServiceStub,
         query_timeout: float,
         book: QueryBook,
+        attestor: Attestor,
         clock: Callable[[], float] = time.time,
         workers: int = 8,
     ) -> None:
+        self.attestor = attestor
         self.catalog = catalog
         self.authenticator = authenticator
         self.judge = judge
@@ -377,25 +380,35 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     def _execute(self, record: QueryRecord) -> enclave_pb2.MergePartialsResponse:
         deadline = record.submitted_at + self.query_timeout
+        # No query goes to a node that is not attested: the aggregator first (the departments
+        # seal to its key), then every department whose partial it will check.
+        aggregator = self.attestor.aggregator()
+        evidence: dict[str, bytes] = {}
+        for department in record.departments:
+            if department not in self.enclaves:
+                raise NodeUnavailableError(
+                    f"department {department} has no enclave address configured"
+                )
+            evidence[department] = self.attestor.department(department).evidence
         request = enclave_pb2.ExecutePartialRequest(
             query_id=record.query_id,
             envelope=record.envelope,
             approvals=list(record.approvals.values()),
+            aggregator_evidence=aggregator.evidence,
         )
         calls: dict[str, grpc.Future[enclave_pb2.ExecutePartialResponse]] = {}
         for department in record.departments:
-            stub = self.enclaves.get(department)
-            if stub is None:
-                raise NodeUnavailableError(
-                    f"department {department} has no enclave address configured"
-                )
+            stub = self.enclaves[department]
             calls[department] = stub.ExecutePartial.future(request, timeout=self._left(deadline))
         partials = [
             self._collect(record, department, call, deadline) for department, call in calls.items()
         ]
         self._check_cancelled(record, calls.values())
         merge = enclave_pb2.MergePartialsRequest(
-            query_id=record.query_id, envelope=record.envelope, partials=partials
+            query_id=record.query_id,
+            envelope=record.envelope,
+            partials=partials,
+            department_evidence=evidence,
         )
         merging = self.aggregator.MergePartials.future(merge, timeout=self._left(deadline))
         try:
@@ -404,7 +417,12 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 time.sleep(0.01)
             response: enclave_pb2.MergePartialsResponse = merging.result()
         except grpc.RpcError as exc:
+            # A restarted aggregator or department has new keys: attest everyone afresh.
+            for node in [aggregator.node, *record.departments]:
+                self.attestor.forget(node)
             raise error_from_rpc(exc, node="the aggregator") from None
+        verify_result(response, aggregator=aggregator, query_id=record.query_id)
+        record.aggregator_evidence = aggregator.evidence
         return response
 
     def _collect(
@@ -424,6 +442,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 time.sleep(0.005)
             response: enclave_pb2.ExecutePartialResponse = call.result()
         except grpc.RpcError as exc:
+            self.attestor.forget(department)
             raise error_from_rpc(exc, node=f"department {department}") from None
         return response.partial
 
@@ -484,4 +503,8 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
             offset=start,
             next_page_token=str(end) if end < len(result.rows) else "",
             result_digest=result.result_digest,
+            result_commitment=result.result_commitment,
+            result_salt=result.result_salt,
+            result_signature=result.result_signature,
+            aggregator_evidence=record.aggregator_evidence,
         )

@@ -388,9 +388,7 @@ def load_federation(path: Path) -> Federation:
         log = log.model_copy(update={"witnesses": witnesses})
     attestation = federation.attestation
     if attestation is not None:
-        attestation = attestation.model_copy(
-            update={"vendor_root": base / attestation.vendor_root}
-        )
+        attestation = attestation.model_copy(update={"vendor_root": base / attestation.vendor_root})
     return federation.model_copy(
         update={
             "departments": departments,

@@ -5,8 +5,12 @@ departments received, plans the merge itself, and requires exactly one partial, 
 query hash, from every department its catalog lists as holding the tables.
 
 The caller must be the coordinator and the envelope a requester's own (enclave/admission.py).
-This module does not yet verify partial signatures or unseal them (the TEE issue), nor apply the
-owners' k thresholds (the Policies issue); HAVING, ORDER BY and LIMIT run in the merge plan.
+Each partial must be sealed to this aggregator's attested HPKE key and signed by its
+department's attested key: the aggregator re-verifies the department evidence the coordinator
+relays against its own federation file, checks the signature over the partial statement (which
+binds k and the policy hashes too), and only then opens it. The released result is committed to
+(salted, as dataisland.canonical.commit) and the commitment signed with this enclave's attested
+key. The release rules, HAVING, ORDER BY and LIMIT run in the merge plan (enclave/planner.py).
 """
 
 from __future__ import annotations
@@ -14,14 +18,22 @@ from __future__ import annotations
 import grpc
 import pyarrow as pa
 
-from dataisland.canonical import CanonicalResult, query_hash
+from dataisland.attestation import (
+    TrustAnchors,
+    partial_statement,
+    result_statement,
+    verify_statement,
+)
+from dataisland.canonical import CanonicalResult, canonical_json, commit, new_salt, query_hash
 from dataisland.catalog import Catalog
 from dataisland.errors import InvalidInputError, ResourceLimitError
 from dataisland.rpc import guarded
 from dataisland.v1 import common_pb2, enclave_pb2, enclave_pb2_grpc
 from enclave.admission import Admission
+from enclave.attestation import Attester
 from enclave.engine import DuckDBMergeEngine, Lockdown
 from enclave.planner import merge_partials, plan_query
+from enclave.sealing import open_sealed
 from policies.templates import parse_envelope_query
 
 
@@ -56,12 +68,77 @@ class Aggregator(enclave_pb2_grpc.AggregatorServiceServicer):
     """The AggregatorService of the executive committee's node."""
 
     def __init__(
-        self, *, catalog: Catalog, max_result_rows: int, admission: Admission, lockdown: Lockdown
+        self,
+        *,
+        catalog: Catalog,
+        max_result_rows: int,
+        admission: Admission,
+        lockdown: Lockdown,
+        attester: Attester,
+        anchors: TrustAnchors,
     ) -> None:
+        self.attester = attester
+        self.anchors = anchors
         self.catalog = catalog
         self.admission = admission
         self.max_result_rows = max_result_rows
         self.engine = DuckDBMergeEngine(lockdown)
+
+    @guarded
+    def Attest(
+        self,
+        request: enclave_pb2.AggregatorServiceAttestRequest,
+        context: grpc.ServicerContext,
+    ) -> enclave_pb2.AggregatorServiceAttestResponse:
+        self.admission.coordinator(context, rpc="Attest")
+        return enclave_pb2.AggregatorServiceAttestResponse(
+            evidence=self.attester.evidence(request.nonce)
+        )
+
+    def _open(
+        self, partial: enclave_pb2.Partial, request: enclave_pb2.MergePartialsRequest
+    ) -> pa.Table:
+        """Verify the department's evidence and signature, then open its sealed partial.
+
+        Raises:
+            AttestationError: the department's relayed evidence fails a check.
+            BadSignatureError: the partial is not signed by that department's attested key.
+            PermissionDeniedError: it does not open for this aggregator, query and department.
+            InvalidInputError: not a sealed partial of this query.
+        """
+        department = partial.department
+        if partial.encoding != enclave_pb2.PARTIAL_ENCODING_HPKE_SEALED:
+            raise InvalidInputError(
+                f"the partial of {department} is not sealed to this aggregator; "
+                "plaintext partials are refused"
+            )
+        if partial.query_id != request.query_id:
+            raise InvalidInputError(f"the partial of {department} is for another query id")
+        attested = self.anchors.verify(
+            request.department_evidence.get(department, b""),
+            node=department,
+            role="department",
+            now=self.admission.clock(),
+        )
+        statement = partial_statement(
+            department=department,
+            query_id=partial.query_id,
+            query_hash=partial.query_hash,
+            ciphertext=partial.payload,
+            k=partial.k,
+            policy_hashes=dict(partial.policy_hashes),
+        )
+        verify_statement(
+            attested.signing_key, statement, partial.signature, what=f"the partial of {department}"
+        )
+        payload = open_sealed(
+            partial.payload,
+            private_key=self.attester.keys.hpke_private,
+            query_id=partial.query_id,
+            query_hash=partial.query_hash,
+            department=department,
+        )
+        return ipc_to_arrow(payload, department=department)
 
     @guarded
     def MergePartials(
@@ -81,13 +158,7 @@ class Aggregator(enclave_pb2_grpc.AggregatorServiceServicer):
                 )
             if partial.department in partials:
                 raise InvalidInputError(f"two partials from {partial.department}")
-            if partial.encoding != enclave_pb2.PARTIAL_ENCODING_ARROW_IPC:
-                raise InvalidInputError(
-                    f"the partial of {partial.department} has an unknown encoding"
-                )
-            partials[partial.department] = ipc_to_arrow(
-                partial.payload, department=partial.department
-            )
+            partials[partial.department] = self._open(partial, request)
             thresholds[partial.department] = partial.k
         outcome = merge_partials(plan, partials, self.engine, k=thresholds)
         merged = outcome.result
@@ -97,10 +168,22 @@ class Aggregator(enclave_pb2_grpc.AggregatorServiceServicer):
             )
         result = CanonicalResult.from_arrow(merged.table, merged.types)
         columns, rows = result_to_proto(result)
+        digest = result.digest().hex()
+        salt = new_salt()
+        # The same opening the log's result commitment uses (coordinator/audit.py).
+        commitment = commit(
+            canonical_json({"result_digest": digest, "suppressed": outcome.suppressed}), salt=salt
+        )
+        statement = result_statement(
+            query_id=request.query_id, query_hash=expected_hash, result_commitment=commitment
+        )
         return enclave_pb2.MergePartialsResponse(
             columns=columns,
             rows=rows,
-            result_digest=result.digest().hex(),
+            result_digest=digest,
             suppressed=outcome.suppressed,
             query_hash=expected_hash,
+            result_commitment=commitment,
+            result_salt=salt,
+            result_signature=self.attester.keys.sign(statement),
         )

@@ -8,8 +8,13 @@ The caller must be the coordinator and the envelope a requester's own (enclave/a
 The query is judged by this department's own policy alone, verified against the officer keys this
 department pins and re-read on every query; a query that needs approval runs only with a valid
 approval of one of its officers bound to this very envelope. The threshold k and the policy hash
-travel inside the partial. This module does not yet check attestation (the TEE issue) and does
-not merge or release anything.
+travel beside the partial.
+
+The partial leaves only sealed (enclave/sealing.py) to the aggregator whose evidence the
+coordinator relayed, after this enclave re-verified that evidence against its own federation
+file's vendor root and reference values (never the coordinator's word), and signed with this
+enclave's attested key over the partial statement (SHA-256 of the ciphertext, the query, k and
+the policy hashes). This module does not merge or release anything.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 import grpc
 import pyarrow as pa
 
+from dataisland.attestation import TrustAnchors, partial_statement
 from dataisland.canonical import query_hash
 from dataisland.catalog import Catalog
 from dataisland.envelopes import APPROVAL_WINDOW, MAX_AGE, CheckedEnvelope, check_fresh
@@ -27,7 +33,9 @@ from dataisland.errors import InvalidInputError, PermissionDeniedError, SchemaMi
 from dataisland.rpc import guarded
 from dataisland.v1 import common_pb2, enclave_pb2, enclave_pb2_grpc
 from enclave.admission import Admission
+from enclave.attestation import Attester
 from enclave.planner import plan_query
+from enclave.sealing import seal
 from enclave.shard import Shard
 from policies.approvals import ApprovalError, verify_approval
 from policies.checker import Verdict, check
@@ -80,8 +88,14 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
         admission: Admission,
         keeper: PolicyKeeper,
         read_policy: Callable[[], tuple[bytes, bytes]],
+        attester: Attester,
+        anchors: TrustAnchors,
+        committee: str,
     ) -> None:
         self.department = department
+        self.attester = attester
+        self.anchors = anchors
+        self.committee = committee
         self.admission = admission
         self.keeper = keeper
         self.officers = keeper.officers
@@ -110,6 +124,13 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
             ],
             versions=self.versions,
         )
+
+    @guarded
+    def Attest(
+        self, request: enclave_pb2.AttestRequest, context: grpc.ServicerContext
+    ) -> enclave_pb2.AttestResponse:
+        self.admission.coordinator(context, rpc="Attest")
+        return enclave_pb2.AttestResponse(evidence=self.attester.evidence(request.nonce))
 
     @guarded
     def ExecutePartial(
@@ -146,18 +167,41 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
         else:
             # Only an approved query may be older than the usual freshness window.
             check_fresh(checked.envelope, now=now, max_age=MAX_AGE)
+        # Checked before running anything: a partial is computed only if it can leave sealed.
+        aggregator = self.anchors.verify(
+            request.aggregator_evidence, node=self.committee, role="aggregator", now=now
+        )
         remaining = context.time_remaining()
         timeout = self.query_timeout if remaining is None else min(self.query_timeout, remaining)
         partial = self.shard.run(plan.partial_sql, timeout=timeout)
+        digest = query_hash(parsed.canonical_sql).hex()
+        ciphertext = seal(
+            arrow_to_ipc(partial.table),
+            aggregator_key=aggregator.hpke_key,
+            query_id=request.query_id,
+            query_hash=digest,
+            department=self.department,
+        )
+        k = decision.k[self.department]
+        policy_hashes = {self.department: policy.hash}
+        statement = partial_statement(
+            department=self.department,
+            query_id=request.query_id,
+            query_hash=digest,
+            ciphertext=ciphertext,
+            k=k,
+            policy_hashes=policy_hashes,
+        )
         return enclave_pb2.ExecutePartialResponse(
             partial=enclave_pb2.Partial(
                 department=self.department,
                 query_id=request.query_id,
-                query_hash=query_hash(parsed.canonical_sql).hex(),
-                encoding=enclave_pb2.PARTIAL_ENCODING_ARROW_IPC,
-                payload=arrow_to_ipc(partial.table),
-                k=decision.k[self.department],
-                policy_hashes={self.department: policy.hash},
+                query_hash=digest,
+                encoding=enclave_pb2.PARTIAL_ENCODING_HPKE_SEALED,
+                payload=ciphertext,
+                signature=self.attester.keys.sign(statement),
+                k=k,
+                policy_hashes=policy_hashes,
             )
         )
 

@@ -60,6 +60,11 @@ class Lockdown:
         }
 
 
+LOCK_STATEMENTS = ("SET TimeZone = 'UTC'", "SET lock_configuration = true")
+"""Run right after connecting (the connect-time config refuses TimeZone); the second locks the
+configuration so no later statement can loosen it. Part of the measurement."""
+
+
 def open_locked(database: str | Path, lockdown: Lockdown) -> duckdb.DuckDBPyConnection:
     """Open `database` with the lockdown applied and the configuration locked.
 
@@ -77,8 +82,8 @@ def open_locked(database: str | Path, lockdown: Lockdown) -> duckdb.DuckDBPyConn
         con = duckdb.connect(str(database), config=config)
     except duckdb.Error as exc:
         raise ConfigError(f"cannot open shard {database}: {type(exc).__name__}") from None
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET lock_configuration = true")
+    for statement in LOCK_STATEMENTS:
+        con.execute(statement)
     return con
 
 

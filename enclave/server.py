@@ -11,6 +11,7 @@ from importlib.metadata import version
 
 import grpc
 
+from dataisland.attestation import Role, TrustAnchors
 from dataisland.errors import ConfigError
 from dataisland.federation import Federation, NodeConfig, load_federation
 from dataisland.rpc import serve_until_signalled
@@ -18,6 +19,7 @@ from dataisland.tls import Authenticator, KeyPair, server_credentials
 from dataisland.v1 import enclave_pb2_grpc
 from enclave.admission import Admission
 from enclave.aggregator import Aggregator
+from enclave.attestation import Attester, EnclaveKeys, SimulatedEvidenceProvider, measure
 from enclave.department import DepartmentEnclave
 from enclave.engine import Lockdown
 from enclave.shard import Shard
@@ -40,6 +42,16 @@ def _security(
         client_roots_pem=authenticator.roots_pem([federation.committee.name]),
     )
     return Admission(authenticator, clock=_utc_now), credentials
+
+
+def _attester(federation: Federation, config: NodeConfig, *, node: str, role: Role) -> Attester:
+    """Measure this enclave, generate its keys (they never leave this process), load its
+    evidence provider."""
+    measured = measure(config, federation)
+    provider = SimulatedEvidenceProvider.load(
+        config, node=node, role=role, measured=measured, clock=_utc_now
+    )
+    return Attester(keys=EnclaveKeys.generate(), provider=provider)
 
 
 def serve_department(config: NodeConfig) -> None:
@@ -69,6 +81,9 @@ def serve_department(config: NodeConfig) -> None:
             required=federation.departments[config.department].signatures_required,
         ),
         read_policy=lambda: federation.read_policy(department),
+        attester=_attester(federation, config, node=department, role="department"),
+        anchors=TrustAnchors.from_federation(federation),
+        committee=federation.committee.name,
     )
 
     def register(server: grpc.Server) -> None:
@@ -96,6 +111,8 @@ def serve_aggregator(config: NodeConfig) -> None:
         max_result_rows=config.max_result_rows,
         admission=admission,
         lockdown=Lockdown(threads=config.threads, memory_limit=config.memory_limit),
+        attester=_attester(federation, config, node=federation.committee.name, role="aggregator"),
+        anchors=TrustAnchors.from_federation(federation),
     )
 
     def register(server: grpc.Server) -> None:

@@ -14,6 +14,7 @@ decides what may be released; that is the enclaves' job.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import random
 import re
 import signal
@@ -64,6 +65,15 @@ from dataisland.federation import (
 )
 from dataisland.supervisor import FEDERATION_FILE, LOGS_DIR, NODES_DIR, FederationProcesses
 from dataisland.synthetic import CLAIMS_COLUMNS, WATER_COLUMNS, populate_shard
+from enclave.attestation import (
+    SIGNER,
+    SVN,
+    VENDOR_DIR,
+    Measurement,
+    certify_platform,
+    create_vendor,
+    measure,
+)
 
 SHARDS_DIR = "shards"
 COMMITTEE = "committee"
@@ -158,6 +168,36 @@ def _federation_text(
     return "\n".join(lines) + "\n"
 
 
+def _platform_text(node: str) -> str:
+    return f"""\
+# The host's SIMULATED platform key, certified by identity/{VENDOR_DIR}/root.crt: it signs this
+# enclave's attestation evidence (a real TEE keeps it in hardware). The threads and memory limit
+# below are part of the enclave's measurement: change them and update the reference values.
+platform:
+  certificate: ../identity/{node}/platform.crt
+  key: ../identity/{node}/platform.key
+"""
+
+
+def _attestation_text(department: Measurement, aggregator: Measurement) -> str:
+    return f"""
+# Attestation (docs/tee.md). Every verifier pins this SIMULATED vendor root and holds each
+# enclave role to these reference values; `dataisland enclave measure --config NODE_FILE`
+# prints a node's. An enclave whose code, pinned versions (DuckDB, sqlglot, pyarrow) or
+# lockdown differ is refused; a debug enclave only while `development` is true.
+attestation:
+  vendor_root: identity/{VENDOR_DIR}/root.crt
+  minimum_svn: {SVN}
+  reference:
+    department:
+      measurement: {department.measurement}
+      signer: {SIGNER}
+    aggregator:
+      measurement: {aggregator.measurement}
+      signer: {SIGNER}
+"""
+
+
 def _department_node_text(department: str, port: int) -> str:
     return f"""\
 # Node configuration of department {department}'s enclave (`dataisland enclave serve --config`).
@@ -172,6 +212,7 @@ shard: ../{SHARDS_DIR}/{department}.duckdb
 tls:
   certificate: ../identity/{department}/enclave-node.crt
   key: ../identity/{department}/enclave-node.key
+{_platform_text(department)}\
 # DuckDB resources for one query; a query still running after the timeout is interrupted.
 threads: 1
 memory_limit: 512MB
@@ -189,7 +230,7 @@ listen: 127.0.0.1:{port}
 tls:
   certificate: ../identity/{COMMITTEE}/aggregator-node.crt
   key: ../identity/{COMMITTEE}/aggregator-node.key
-threads: 1
+{_platform_text(COMMITTEE)}threads: 1
 memory_limit: 512MB
 query_timeout_seconds: 30
 # A released result larger than this is refused (checked on the released result only).
@@ -339,6 +380,18 @@ def init_federation(
     federation = load_federation(federation_path)
     for node_file in sorted(nodes.iterdir()):
         load_node_config(node_file)
+    now = dt.datetime.now(dt.UTC)
+    create_vendor(directory, now=now)
+    for node in [*departments, COMMITTEE]:
+        certify_platform(directory, node, now=now)
+    with federation_path.open("a", encoding="utf-8") as handle:
+        handle.write(
+            _attestation_text(
+                measure(load_node_config(nodes / f"{departments[0]}.yaml"), federation),
+                measure(load_node_config(nodes / "aggregator.yaml"), federation),
+            )
+        )
+    federation = load_federation(federation_path)
 
     for department in departments:
         held = {t: entry for t, entry in federation.tables.items() if department in entry.holders}
@@ -384,6 +437,11 @@ def init_command(
         development=development,
     )
     console.print(f"[green]created[/] federation {federation.federation!r} in {directory}")
+    console.print(
+        "[yellow]development convenience:[/] every department's CA key, officer key and node "
+        "key is in this one directory (identity/). In a real federation each department creates "
+        "its own CA with `dataisland identity init-department` and keeps its keys to itself."
+    )
     table = Table("node", "role", "address", "tables")
     for dept, entry in federation.departments.items():
         held = [t for t, e in federation.tables.items() if dept in e.holders]
@@ -763,7 +821,7 @@ def free_base_port(count: int, *, attempts: int = 200) -> int:
     """
     rng = random.SystemRandom()
     for _ in range(attempts):
-        base = rng.randrange(20_000, 60_000)
+        base = rng.randrange(20_000, 32_000)  # below the ephemeral range (32768+)
         if all(_port_free(base + offset) for offset in range(count)):
             return base
     raise ConfigError(f"found no {count} consecutive free loopback ports")

@@ -45,6 +45,28 @@ def enclave_serve(config_path: Path, role: str) -> None:
         serve_aggregator(config)
 
 
+@enclave.command("measure")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
+@friendly_errors
+def enclave_measure(config_path: Path) -> None:
+    """Print the measurement and configuration claim an enclave node's evidence will carry.
+
+    The measurement covers the installed code (dataisland/, enclave/, policies/), the pinned
+    versions of DuckDB, sqlglot and pyarrow, and the node's lockdown (docs/tee.md); the
+    configuration claim covers the pinned officer keys and the policy file's name.
+    """
+    from dataisland.federation import load_federation
+    from enclave.attestation import SIGNER, SVN, measure
+
+    config = load_node_config(config_path)
+    measured = measure(config, load_federation(config.federation))
+    click.echo(f"role:        {config.role}")
+    click.echo(f"measurement: {measured.measurement}")
+    click.echo(f"config:      {measured.config}")
+    click.echo(f"signer:      {SIGNER}")
+    click.echo(f"svn:         {SVN}")
+
+
 @main.group()
 def coordinator() -> None:
     """Run the coordinator."""

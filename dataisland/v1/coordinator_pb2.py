@@ -26,17 +26,17 @@ from dataisland.v1 import common_pb2 as dataisland_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64\x61taisland/v1/coordinator.proto\x12\rdataisland.v1\x1a\x1a\x64\x61taisland/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"E\n\x12SubmitQueryRequest\x12/\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x1d.dataisland.v1.SignedEnvelope\"A\n\x13SubmitQueryResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.dataisland.v1.QueryStatus\"\xc7\x03\n\x0bQueryStatus\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.dataisland.v1.QueryState\x12)\n\x08\x64\x65\x63ision\x18\x04 \x01(\x0e\x32\x17.dataisland.v1.Decision\x12&\n\x07reasons\x18\x05 \x03(\x0b\x32\x15.dataisland.v1.Reason\x12\x16\n\tlog_index\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x0f\n\x07purpose\x18\x07 \x01(\t\x12\x15\n\rcanonical_sql\x18\x08 \x01(\t\x12\x12\n\nquery_hash\x18\t \x01(\t\x12\x30\n\x0csubmitted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x1a.dataisland.v1.ErrorDetail\x12\x11\n\trow_count\x18\r \x01(\x04\x12\x12\n\nsuppressed\x18\x0e \x01(\x08\x42\x0c\n\n_log_index\"\x96\x01\n\nResultPage\x12&\n\x07\x63olumns\x18\x01 \x03(\x0b\x32\x15.dataisland.v1.Column\x12 \n\x04rows\x18\x02 \x03(\x0b\x32\x12.dataisland.v1.Row\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\x12\x15\n\rresult_digest\x18\x05 \x01(\t\"K\n\x10GetResultRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"h\n\x11GetResultResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.dataisland.v1.QueryStatus\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.dataisland.v1.ResultPage\"L\n\x11WaitResultRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\x12\x11\n\tpage_size\x18\x03 \x01(\r\"i\n\x12WaitResultResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.dataisland.v1.QueryStatus\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.dataisland.v1.ResultPage\";\n\x12ListQueriesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x13ListQueriesResponse\x12+\n\x07queries\x18\x01 \x03(\x0b\x32\x1a.dataisland.v1.QueryStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x12\x43\x61ncelQueryRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\"A\n\x13\x43\x61ncelQueryResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.dataisland.v1.QueryStatus\"\x90\x02\n\x0fPendingApproval\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x15\n\rcanonical_sql\x18\x04 \x01(\t\x12\x17\n\x0f\x65nvelope_digest\x18\x05 \x01(\t\x12\x13\n\x0bpolicy_hash\x18\x06 \x01(\t\x12&\n\x07reasons\x18\x07 \x03(\x0b\x32\x15.dataisland.v1.Reason\x12\x30\n\x0csubmitted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x61pproved_by\x18\t \x03(\t\x12\x13\n\x0bwaiting_for\x18\n \x03(\t\"\x1d\n\x1bListPendingApprovalsRequest\"O\n\x1cListPendingApprovalsResponse\x12/\n\x07pending\x18\x01 \x03(\x0b\x32\x1e.dataisland.v1.PendingApproval\"R\n\x13\x41pproveQueryRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12)\n\x08\x61pproval\x18\x02 \x01(\x0b\x32\x17.dataisland.v1.Approval\"B\n\x14\x41pproveQueryResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.dataisland.v1.QueryStatus\"4\n\x10\x44\x65nyQueryRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x11\x44\x65nyQueryResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.dataisland.v1.QueryStatus*\xc1\x01\n\nQueryState\x12\x1b\n\x17QUERY_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13QUERY_STATE_PENDING\x10\x01\x12\x17\n\x13QUERY_STATE_RUNNING\x10\x02\x12\x19\n\x15QUERY_STATE_SUCCEEDED\x10\x03\x12\x16\n\x12QUERY_STATE_FAILED\x10\x04\x12\x16\n\x12QUERY_STATE_DENIED\x10\x05\x12\x19\n\x15QUERY_STATE_CANCELLED\x10\x06*h\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x1b\n\x17\x44\x45\x43ISION_NEEDS_APPROVAL\x10\x02\x12\x11\n\rDECISION_DENY\x10\x03\x32\xd3\x05\n\x12\x43oordinatorService\x12T\n\x0bSubmitQuery\x12!.dataisland.v1.SubmitQueryRequest\x1a\".dataisland.v1.SubmitQueryResponse\x12N\n\tGetResult\x12\x1f.dataisland.v1.GetResultRequest\x1a .dataisland.v1.GetResultResponse\x12Q\n\nWaitResult\x12 .dataisland.v1.WaitResultRequest\x1a!.dataisland.v1.WaitResultResponse\x12T\n\x0bListQueries\x12!.dataisland.v1.ListQueriesRequest\x1a\".dataisland.v1.ListQueriesResponse\x12T\n\x0b\x43\x61ncelQuery\x12!.dataisland.v1.CancelQueryRequest\x1a\".dataisland.v1.CancelQueryResponse\x12o\n\x14ListPendingApprovals\x12*.dataisland.v1.ListPendingApprovalsRequest\x1a+.dataisland.v1.ListPendingApprovalsResponse\x12W\n\x0c\x41pproveQuery\x12\".dataisland.v1.ApproveQueryRequest\x1a#.dataisland.v1.ApproveQueryResponse\x12N\n\tDenyQuery\x12\x1f.dataisland.v1.DenyQueryRequest\x1a .dataisland.v1.DenyQueryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64\x61taisland/v1/coordinator.proto\x12\rdataisland.v1\x1a\x1a\x64\x61taisland/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"E\n\x12SubmitQueryRequest\x12/\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x1d.dataisland.v1.SignedEnvelope\"A\n\x13SubmitQueryResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.dataisland.v1.QueryStatus\"\xc7\x03\n\x0bQueryStatus\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.dataisland.v1.QueryState\x12)\n\x08\x64\x65\x63ision\x18\x04 \x01(\x0e\x32\x17.dataisland.v1.Decision\x12&\n\x07reasons\x18\x05 \x03(\x0b\x32\x15.dataisland.v1.Reason\x12\x16\n\tlog_index\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x0f\n\x07purpose\x18\x07 \x01(\t\x12\x15\n\rcanonical_sql\x18\x08 \x01(\t\x12\x12\n\nquery_hash\x18\t \x01(\t\x12\x30\n\x0csubmitted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x1a.dataisland.v1.ErrorDetail\x12\x11\n\trow_count\x18\r \x01(\x04\x12\x12\n\nsuppressed\x18\x0e \x01(\x08\x42\x0c\n\n_log_index\"\xfd\x01\n\nResultPage\x12&\n\x07\x63olumns\x18\x01 \x03(\x0b\x32\x15.dataisland.v1.Column\x12 \n\x04rows\x18\x02 \x03(\x0b\x32\x12.dataisland.v1.Row\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\x12\x15\n\rresult_digest\x18\x05 \x01(\t\x12\x19\n\x11result_commitment\x18\x06 \x01(\x0c\x12\x13\n\x0bresult_salt\x18\x07 \x01(\x0c\x12\x18\n\x10result_signature\x18\x08 \x01(\x0c\x12\x1b\n\x13\x61ggregator_evidence\x18\t \x01(\x0c\"K\n\x10GetResultRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"h\n\x11GetResultResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.dataisland.v1.QueryStatus\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.dataisland.v1.ResultPage\"L\n\x11WaitResultRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\x12\x11\n\tpage_size\x18\x03 \x01(\r\"i\n\x12WaitResultResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.dataisland.v1.QueryStatus\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.dataisland.v1.ResultPage\";\n\x12ListQueriesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x13ListQueriesResponse\x12+\n\x07queries\x18\x01 \x03(\x0b\x32\x1a.dataisland.v1.QueryStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x12\x43\x61ncelQueryRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\"A\n\x13\x43\x61ncelQueryResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.dataisland.v1.QueryStatus\"\x90\x02\n\x0fPendingApproval\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x15\n\rcanonical_sql\x18\x04 \x01(\t\x12\x17\n\x0f\x65nvelope_digest\x18\x05 \x01(\t\x12\x13\n\x0bpolicy_hash\x18\x06 \x01(\t\x12&\n\x07reasons\x18\x07 \x03(\x0b\x32\x15.dataisland.v1.Reason\x12\x30\n\x0csubmitted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x61pproved_by\x18\t \x03(\t\x12\x13\n\x0bwaiting_for\x18\n \x03(\t\"\x1d\n\x1bListPendingApprovalsRequest\"O\n\x1cListPendingApprovalsResponse\x12/\n\x07pending\x18\x01 \x03(\x0b\x32\x1e.dataisland.v1.PendingApproval\"R\n\x13\x41pproveQueryRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12)\n\x08\x61pproval\x18\x02 \x01(\x0b\x32\x17.dataisland.v1.Approval\"B\n\x14\x41pproveQueryResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.dataisland.v1.QueryStatus\"4\n\x10\x44\x65nyQueryRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x11\x44\x65nyQueryResponse\x12*\n\x06status\x18\x01 \x01(\x0b\x32\x1a.dataisland.v1.QueryStatus*\xc1\x01\n\nQueryState\x12\x1b\n\x17QUERY_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13QUERY_STATE_PENDING\x10\x01\x12\x17\n\x13QUERY_STATE_RUNNING\x10\x02\x12\x19\n\x15QUERY_STATE_SUCCEEDED\x10\x03\x12\x16\n\x12QUERY_STATE_FAILED\x10\x04\x12\x16\n\x12QUERY_STATE_DENIED\x10\x05\x12\x19\n\x15QUERY_STATE_CANCELLED\x10\x06*h\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x1b\n\x17\x44\x45\x43ISION_NEEDS_APPROVAL\x10\x02\x12\x11\n\rDECISION_DENY\x10\x03\x32\xd3\x05\n\x12\x43oordinatorService\x12T\n\x0bSubmitQuery\x12!.dataisland.v1.SubmitQueryRequest\x1a\".dataisland.v1.SubmitQueryResponse\x12N\n\tGetResult\x12\x1f.dataisland.v1.GetResultRequest\x1a .dataisland.v1.GetResultResponse\x12Q\n\nWaitResult\x12 .dataisland.v1.WaitResultRequest\x1a!.dataisland.v1.WaitResultResponse\x12T\n\x0bListQueries\x12!.dataisland.v1.ListQueriesRequest\x1a\".dataisland.v1.ListQueriesResponse\x12T\n\x0b\x43\x61ncelQuery\x12!.dataisland.v1.CancelQueryRequest\x1a\".dataisland.v1.CancelQueryResponse\x12o\n\x14ListPendingApprovals\x12*.dataisland.v1.ListPendingApprovalsRequest\x1a+.dataisland.v1.ListPendingApprovalsResponse\x12W\n\x0c\x41pproveQuery\x12\".dataisland.v1.ApproveQueryRequest\x1a#.dataisland.v1.ApproveQueryResponse\x12N\n\tDenyQuery\x12\x1f.dataisland.v1.DenyQueryRequest\x1a .dataisland.v1.DenyQueryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dataisland.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_QUERYSTATE']._serialized_start=2148
-  _globals['_QUERYSTATE']._serialized_end=2341
-  _globals['_DECISION']._serialized_start=2343
-  _globals['_DECISION']._serialized_end=2447
+  _globals['_QUERYSTATE']._serialized_start=2251
+  _globals['_QUERYSTATE']._serialized_end=2444
+  _globals['_DECISION']._serialized_start=2446
+  _globals['_DECISION']._serialized_end=2550
   _globals['_SUBMITQUERYREQUEST']._serialized_start=111
   _globals['_SUBMITQUERYREQUEST']._serialized_end=180
   _globals['_SUBMITQUERYRESPONSE']._serialized_start=182
@@ -44,37 +44,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYSTATUS']._serialized_start=250
   _globals['_QUERYSTATUS']._serialized_end=705
   _globals['_RESULTPAGE']._serialized_start=708
-  _globals['_RESULTPAGE']._serialized_end=858
-  _globals['_GETRESULTREQUEST']._serialized_start=860
-  _globals['_GETRESULTREQUEST']._serialized_end=935
-  _globals['_GETRESULTRESPONSE']._serialized_start=937
-  _globals['_GETRESULTRESPONSE']._serialized_end=1041
-  _globals['_WAITRESULTREQUEST']._serialized_start=1043
-  _globals['_WAITRESULTREQUEST']._serialized_end=1119
-  _globals['_WAITRESULTRESPONSE']._serialized_start=1121
-  _globals['_WAITRESULTRESPONSE']._serialized_end=1226
-  _globals['_LISTQUERIESREQUEST']._serialized_start=1228
-  _globals['_LISTQUERIESREQUEST']._serialized_end=1287
-  _globals['_LISTQUERIESRESPONSE']._serialized_start=1289
-  _globals['_LISTQUERIESRESPONSE']._serialized_end=1380
-  _globals['_CANCELQUERYREQUEST']._serialized_start=1382
-  _globals['_CANCELQUERYREQUEST']._serialized_end=1420
-  _globals['_CANCELQUERYRESPONSE']._serialized_start=1422
-  _globals['_CANCELQUERYRESPONSE']._serialized_end=1487
-  _globals['_PENDINGAPPROVAL']._serialized_start=1490
-  _globals['_PENDINGAPPROVAL']._serialized_end=1762
-  _globals['_LISTPENDINGAPPROVALSREQUEST']._serialized_start=1764
-  _globals['_LISTPENDINGAPPROVALSREQUEST']._serialized_end=1793
-  _globals['_LISTPENDINGAPPROVALSRESPONSE']._serialized_start=1795
-  _globals['_LISTPENDINGAPPROVALSRESPONSE']._serialized_end=1874
-  _globals['_APPROVEQUERYREQUEST']._serialized_start=1876
-  _globals['_APPROVEQUERYREQUEST']._serialized_end=1958
-  _globals['_APPROVEQUERYRESPONSE']._serialized_start=1960
-  _globals['_APPROVEQUERYRESPONSE']._serialized_end=2026
-  _globals['_DENYQUERYREQUEST']._serialized_start=2028
-  _globals['_DENYQUERYREQUEST']._serialized_end=2080
-  _globals['_DENYQUERYRESPONSE']._serialized_start=2082
-  _globals['_DENYQUERYRESPONSE']._serialized_end=2145
-  _globals['_COORDINATORSERVICE']._serialized_start=2450
-  _globals['_COORDINATORSERVICE']._serialized_end=3173
+  _globals['_RESULTPAGE']._serialized_end=961
+  _globals['_GETRESULTREQUEST']._serialized_start=963
+  _globals['_GETRESULTREQUEST']._serialized_end=1038
+  _globals['_GETRESULTRESPONSE']._serialized_start=1040
+  _globals['_GETRESULTRESPONSE']._serialized_end=1144
+  _globals['_WAITRESULTREQUEST']._serialized_start=1146
+  _globals['_WAITRESULTREQUEST']._serialized_end=1222
+  _globals['_WAITRESULTRESPONSE']._serialized_start=1224
+  _globals['_WAITRESULTRESPONSE']._serialized_end=1329
+  _globals['_LISTQUERIESREQUEST']._serialized_start=1331
+  _globals['_LISTQUERIESREQUEST']._serialized_end=1390
+  _globals['_LISTQUERIESRESPONSE']._serialized_start=1392
+  _globals['_LISTQUERIESRESPONSE']._serialized_end=1483
+  _globals['_CANCELQUERYREQUEST']._serialized_start=1485
+  _globals['_CANCELQUERYREQUEST']._serialized_end=1523
+  _globals['_CANCELQUERYRESPONSE']._serialized_start=1525
+  _globals['_CANCELQUERYRESPONSE']._serialized_end=1590
+  _globals['_PENDINGAPPROVAL']._serialized_start=1593
+  _globals['_PENDINGAPPROVAL']._serialized_end=1865
+  _globals['_LISTPENDINGAPPROVALSREQUEST']._serialized_start=1867
+  _globals['_LISTPENDINGAPPROVALSREQUEST']._serialized_end=1896
+  _globals['_LISTPENDINGAPPROVALSRESPONSE']._serialized_start=1898
+  _globals['_LISTPENDINGAPPROVALSRESPONSE']._serialized_end=1977
+  _globals['_APPROVEQUERYREQUEST']._serialized_start=1979
+  _globals['_APPROVEQUERYREQUEST']._serialized_end=2061
+  _globals['_APPROVEQUERYRESPONSE']._serialized_start=2063
+  _globals['_APPROVEQUERYRESPONSE']._serialized_end=2129
+  _globals['_DENYQUERYREQUEST']._serialized_start=2131
+  _globals['_DENYQUERYREQUEST']._serialized_end=2183
+  _globals['_DENYQUERYRESPONSE']._serialized_start=2185
+  _globals['_DENYQUERYRESPONSE']._serialized_end=2248
+  _globals['_COORDINATORSERVICE']._serialized_start=2553
+  _globals['_COORDINATORSERVICE']._serialized_end=3276
 # @@protoc_insertion_point(module_scope)

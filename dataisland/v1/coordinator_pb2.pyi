@@ -193,12 +193,24 @@ class ResultPage(_message.Message):
     OFFSET_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     RESULT_DIGEST_FIELD_NUMBER: _builtins.int
+    RESULT_COMMITMENT_FIELD_NUMBER: _builtins.int
+    RESULT_SALT_FIELD_NUMBER: _builtins.int
+    RESULT_SIGNATURE_FIELD_NUMBER: _builtins.int
+    AGGREGATOR_EVIDENCE_FIELD_NUMBER: _builtins.int
     offset: _builtins.int
     """Index of the first row of this page in the whole result."""
     next_page_token: _builtins.str
     """Empty when this is the last page."""
     result_digest: _builtins.str
     """SHA-256 of the whole canonical result (hex), so a requester can check what it reassembled."""
+    result_commitment: _builtins.bytes
+    """The aggregator's commitment to {result_digest, suppressed}, its salt, and its signature over
+    the result statement (query id, query hash, commitment) with its attested key.
+    """
+    result_salt: _builtins.bytes
+    result_signature: _builtins.bytes
+    aggregator_evidence: _builtins.bytes
+    """The aggregator's evidence the coordinator verified (it pins the signing key)."""
     @_builtins.property
     def columns(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Column]: ...
     @_builtins.property
@@ -211,10 +223,14 @@ class ResultPage(_message.Message):
         offset: _builtins.int = ...,
         next_page_token: _builtins.str = ...,
         result_digest: _builtins.str = ...,
+        result_commitment: _builtins.bytes = ...,
+        result_salt: _builtins.bytes = ...,
+        result_signature: _builtins.bytes = ...,
+        aggregator_evidence: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "next_page_token", b"next_page_token", "offset", b"offset", "result_digest", b"result_digest", "rows", b"rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator_evidence", b"aggregator_evidence", "columns", b"columns", "next_page_token", b"next_page_token", "offset", b"offset", "result_commitment", b"result_commitment", "result_digest", b"result_digest", "result_salt", b"result_salt", "result_signature", b"result_signature", "rows", b"rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,15 +28,99 @@ class _PartialEncodingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Parti
     DESCRIPTOR: _descriptor.EnumDescriptor
     PARTIAL_ENCODING_UNSPECIFIED: _PartialEncoding.ValueType  # 0
     PARTIAL_ENCODING_ARROW_IPC: _PartialEncoding.ValueType  # 1
-    """An Arrow IPC stream of the partial table."""
+    """An Arrow IPC stream of the partial table in the clear: no longer produced or accepted."""
+    PARTIAL_ENCODING_HPKE_SEALED: _PartialEncoding.ValueType  # 2
+    """The padded Arrow IPC stream sealed with HPKE to the attested aggregator (enclave/sealing.py)."""
 
 class PartialEncoding(_PartialEncoding, metaclass=_PartialEncodingEnumTypeWrapper):
     """How a partial's payload is encoded."""
 
 PARTIAL_ENCODING_UNSPECIFIED: PartialEncoding.ValueType  # 0
 PARTIAL_ENCODING_ARROW_IPC: PartialEncoding.ValueType  # 1
-"""An Arrow IPC stream of the partial table."""
+"""An Arrow IPC stream of the partial table in the clear: no longer produced or accepted."""
+PARTIAL_ENCODING_HPKE_SEALED: PartialEncoding.ValueType  # 2
+"""The padded Arrow IPC stream sealed with HPKE to the attested aggregator (enclave/sealing.py)."""
 Global___PartialEncoding: _TypeAlias = PartialEncoding  # noqa: Y015
+
+@_typing.final
+class AttestRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NONCE_FIELD_NUMBER: _builtins.int
+    nonce: _builtins.bytes
+    """The verifier's single-use challenge, 16 to 64 bytes."""
+    def __init__(
+        self,
+        *,
+        nonce: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nonce", b"nonce"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttestRequest: _TypeAlias = AttestRequest  # noqa: Y015
+
+@_typing.final
+class AttestResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    evidence: _builtins.bytes
+    """RFC 8785 JSON evidence (format, signed claims, platform certificate)."""
+    def __init__(
+        self,
+        *,
+        evidence: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttestResponse: _TypeAlias = AttestResponse  # noqa: Y015
+
+@_typing.final
+class AggregatorServiceAttestRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NONCE_FIELD_NUMBER: _builtins.int
+    nonce: _builtins.bytes
+    """The verifier's single-use challenge, 16 to 64 bytes."""
+    def __init__(
+        self,
+        *,
+        nonce: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nonce", b"nonce"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AggregatorServiceAttestRequest: _TypeAlias = AggregatorServiceAttestRequest  # noqa: Y015
+
+@_typing.final
+class AggregatorServiceAttestResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    evidence: _builtins.bytes
+    """RFC 8785 JSON evidence (format, signed claims, platform certificate)."""
+    def __init__(
+        self,
+        *,
+        evidence: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AggregatorServiceAttestResponse: _TypeAlias = AggregatorServiceAttestResponse  # noqa: Y015
 
 @_typing.final
 class DescribeShardRequest(_message.Message):
@@ -135,7 +219,12 @@ class ExecutePartialRequest(_message.Message):
     QUERY_ID_FIELD_NUMBER: _builtins.int
     ENVELOPE_FIELD_NUMBER: _builtins.int
     APPROVALS_FIELD_NUMBER: _builtins.int
+    AGGREGATOR_EVIDENCE_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
+    aggregator_evidence: _builtins.bytes
+    """The aggregator's evidence as the coordinator verified it; the department re-verifies it
+    against its own reference values and seals its partial to the HPKE key it pins.
+    """
     @_builtins.property
     def envelope(self) -> _common_pb2.SignedEnvelope: ...
     @_builtins.property
@@ -148,10 +237,11 @@ class ExecutePartialRequest(_message.Message):
         query_id: _builtins.str = ...,
         envelope: _common_pb2.SignedEnvelope | None = ...,
         approvals: _abc.Iterable[_common_pb2.Approval] | None = ...,
+        aggregator_evidence: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvals", b"approvals", "envelope", b"envelope", "query_id", b"query_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator_evidence", b"aggregator_evidence", "approvals", b"approvals", "envelope", b"envelope", "query_id", b"query_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -198,7 +288,9 @@ class Partial(_message.Message):
     encoding: Global___PartialEncoding.ValueType
     payload: _builtins.bytes
     signature: _builtins.bytes
-    """Signature by the department enclave's key (empty until attestation)."""
+    """Ed25519 signature by the department enclave's attested key over the partial statement
+    (dataisland/attestation.py: SHA-256 of the payload, query, k and policy hashes).
+    """
     k: _builtins.int
     """The owner's release threshold for this query's tables, from its own signed policy: the
     aggregator applies it to this department's share (never taken from the coordinator).
@@ -251,24 +343,52 @@ Global___ExecutePartialResponse: _TypeAlias = ExecutePartialResponse  # noqa: Y0
 class MergePartialsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class DepartmentEvidenceEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     QUERY_ID_FIELD_NUMBER: _builtins.int
     ENVELOPE_FIELD_NUMBER: _builtins.int
     PARTIALS_FIELD_NUMBER: _builtins.int
+    DEPARTMENT_EVIDENCE_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     @_builtins.property
     def envelope(self) -> _common_pb2.SignedEnvelope: ...
     @_builtins.property
     def partials(self) -> _containers.RepeatedCompositeFieldContainer[Global___Partial]: ...
+    @_builtins.property
+    def department_evidence(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]:
+        """Each department's evidence as the coordinator verified it, by department; the aggregator
+        re-verifies it and checks each partial's signature against the key it pins.
+        """
+
     def __init__(
         self,
         *,
         query_id: _builtins.str = ...,
         envelope: _common_pb2.SignedEnvelope | None = ...,
         partials: _abc.Iterable[Global___Partial] | None = ...,
+        department_evidence: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "partials", b"partials", "query_id", b"query_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["department_evidence", b"department_evidence", "envelope", b"envelope", "partials", b"partials", "query_id", b"query_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -283,11 +403,22 @@ class MergePartialsResponse(_message.Message):
     RESULT_DIGEST_FIELD_NUMBER: _builtins.int
     SUPPRESSED_FIELD_NUMBER: _builtins.int
     QUERY_HASH_FIELD_NUMBER: _builtins.int
+    RESULT_COMMITMENT_FIELD_NUMBER: _builtins.int
+    RESULT_SALT_FIELD_NUMBER: _builtins.int
+    RESULT_SIGNATURE_FIELD_NUMBER: _builtins.int
     result_digest: _builtins.str
     """SHA-256 of the canonical result (hex)."""
     suppressed: _builtins.bool
     """True if the release rules removed rows or cells."""
     query_hash: _builtins.str
+    result_commitment: _builtins.bytes
+    """SHA-256(result_salt || RFC 8785 {result_digest, suppressed}): the released result's commitment."""
+    result_salt: _builtins.bytes
+    """The commitment's 32-byte salt (its opening goes to the requester)."""
+    result_signature: _builtins.bytes
+    """Ed25519 signature by the aggregator's attested key over the result statement
+    (dataisland/attestation.py: query id, query hash, result commitment).
+    """
     @_builtins.property
     def columns(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Column]: ...
     @_builtins.property
@@ -300,10 +431,13 @@ class MergePartialsResponse(_message.Message):
         result_digest: _builtins.str = ...,
         suppressed: _builtins.bool = ...,
         query_hash: _builtins.str = ...,
+        result_commitment: _builtins.bytes = ...,
+        result_salt: _builtins.bytes = ...,
+        result_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "query_hash", b"query_hash", "result_digest", b"result_digest", "rows", b"rows", "suppressed", b"suppressed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "query_hash", b"query_hash", "result_commitment", b"result_commitment", "result_digest", b"result_digest", "result_salt", b"result_salt", "result_signature", b"result_signature", "rows", b"rows", "suppressed", b"suppressed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -46,6 +46,11 @@ class EnclaveServiceStub:
                 request_serializer=dataisland_dot_v1_dot_enclave__pb2.ExecutePartialRequest.SerializeToString,
                 response_deserializer=dataisland_dot_v1_dot_enclave__pb2.ExecutePartialResponse.FromString,
                 _registered_method=True)
+        self.Attest = channel.unary_unary(
+                '/dataisland.v1.EnclaveService/Attest',
+                request_serializer=dataisland_dot_v1_dot_enclave__pb2.AttestRequest.SerializeToString,
+                response_deserializer=dataisland_dot_v1_dot_enclave__pb2.AttestResponse.FromString,
+                _registered_method=True)
 
 
 class EnclaveServiceServicer:
@@ -61,7 +66,15 @@ class EnclaveServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExecutePartial(self, request, context):
-        """Run the partial of a requester-signed query on this shard.
+        """Run the partial of a requester-signed query on this shard; it leaves sealed to the attested
+        aggregator and signed with this enclave's attested key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Attest(self, request, context):
+        """Evidence binding this enclave's public keys to the caller's nonce (docs/tee.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,6 +92,11 @@ def add_EnclaveServiceServicer_to_server(servicer, server):
                     servicer.ExecutePartial,
                     request_deserializer=dataisland_dot_v1_dot_enclave__pb2.ExecutePartialRequest.FromString,
                     response_serializer=dataisland_dot_v1_dot_enclave__pb2.ExecutePartialResponse.SerializeToString,
+            ),
+            'Attest': grpc.unary_unary_rpc_method_handler(
+                    servicer.Attest,
+                    request_deserializer=dataisland_dot_v1_dot_enclave__pb2.AttestRequest.FromString,
+                    response_serializer=dataisland_dot_v1_dot_enclave__pb2.AttestResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -147,6 +165,33 @@ class EnclaveService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def Attest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dataisland.v1.EnclaveService/Attest',
+            dataisland_dot_v1_dot_enclave__pb2.AttestRequest.SerializeToString,
+            dataisland_dot_v1_dot_enclave__pb2.AttestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AggregatorServiceStub:
     """The aggregator enclave: re-plans the merge from the same envelope, requires a partial from
@@ -164,6 +209,11 @@ class AggregatorServiceStub:
                 request_serializer=dataisland_dot_v1_dot_enclave__pb2.MergePartialsRequest.SerializeToString,
                 response_deserializer=dataisland_dot_v1_dot_enclave__pb2.MergePartialsResponse.FromString,
                 _registered_method=True)
+        self.Attest = channel.unary_unary(
+                '/dataisland.v1.AggregatorService/Attest',
+                request_serializer=dataisland_dot_v1_dot_enclave__pb2.AggregatorServiceAttestRequest.SerializeToString,
+                response_deserializer=dataisland_dot_v1_dot_enclave__pb2.AggregatorServiceAttestResponse.FromString,
+                _registered_method=True)
 
 
 class AggregatorServiceServicer:
@@ -177,6 +227,13 @@ class AggregatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Attest(self, request, context):
+        """Evidence binding the aggregator's public keys to the caller's nonce (docs/tee.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +241,11 @@ def add_AggregatorServiceServicer_to_server(servicer, server):
                     servicer.MergePartials,
                     request_deserializer=dataisland_dot_v1_dot_enclave__pb2.MergePartialsRequest.FromString,
                     response_serializer=dataisland_dot_v1_dot_enclave__pb2.MergePartialsResponse.SerializeToString,
+            ),
+            'Attest': grpc.unary_unary_rpc_method_handler(
+                    servicer.Attest,
+                    request_deserializer=dataisland_dot_v1_dot_enclave__pb2.AggregatorServiceAttestRequest.FromString,
+                    response_serializer=dataisland_dot_v1_dot_enclave__pb2.AggregatorServiceAttestResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +277,33 @@ class AggregatorService:
             '/dataisland.v1.AggregatorService/MergePartials',
             dataisland_dot_v1_dot_enclave__pb2.MergePartialsRequest.SerializeToString,
             dataisland_dot_v1_dot_enclave__pb2.MergePartialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dataisland.v1.AggregatorService/Attest',
+            dataisland_dot_v1_dot_enclave__pb2.AggregatorServiceAttestRequest.SerializeToString,
+            dataisland_dot_v1_dot_enclave__pb2.AggregatorServiceAttestResponse.FromString,
             options,
             channel_credentials,
             insecure,

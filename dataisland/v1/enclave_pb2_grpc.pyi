@@ -38,7 +38,11 @@ class EnclaveServiceStub:
     DescribeShard: _grpc.UnaryUnaryMultiCallable[_enclave_pb2.DescribeShardRequest, _enclave_pb2.DescribeShardResponse]
     """The department and the logical tables (names and schemas) this shard holds."""
     ExecutePartial: _grpc.UnaryUnaryMultiCallable[_enclave_pb2.ExecutePartialRequest, _enclave_pb2.ExecutePartialResponse]
-    """Run the partial of a requester-signed query on this shard."""
+    """Run the partial of a requester-signed query on this shard; it leaves sealed to the attested
+    aggregator and signed with this enclave's attested key.
+    """
+    Attest: _grpc.UnaryUnaryMultiCallable[_enclave_pb2.AttestRequest, _enclave_pb2.AttestResponse]
+    """Evidence binding this enclave's public keys to the caller's nonce (docs/tee.md)."""
 
 @_typing.type_check_only
 class EnclaveServiceAsyncStub(EnclaveServiceStub):
@@ -50,7 +54,11 @@ class EnclaveServiceAsyncStub(EnclaveServiceStub):
     DescribeShard: _aio.UnaryUnaryMultiCallable[_enclave_pb2.DescribeShardRequest, _enclave_pb2.DescribeShardResponse]  # type: ignore[assignment]
     """The department and the logical tables (names and schemas) this shard holds."""
     ExecutePartial: _aio.UnaryUnaryMultiCallable[_enclave_pb2.ExecutePartialRequest, _enclave_pb2.ExecutePartialResponse]  # type: ignore[assignment]
-    """Run the partial of a requester-signed query on this shard."""
+    """Run the partial of a requester-signed query on this shard; it leaves sealed to the attested
+    aggregator and signed with this enclave's attested key.
+    """
+    Attest: _aio.UnaryUnaryMultiCallable[_enclave_pb2.AttestRequest, _enclave_pb2.AttestResponse]  # type: ignore[assignment]
+    """Evidence binding this enclave's public keys to the caller's nonce (docs/tee.md)."""
 
 class EnclaveServiceServicer(metaclass=_abc_1.ABCMeta):
     """A department's enclave: it holds one shard and answers only with partial aggregates of
@@ -71,7 +79,17 @@ class EnclaveServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _enclave_pb2.ExecutePartialRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_enclave_pb2.ExecutePartialResponse, _abc.Awaitable[_enclave_pb2.ExecutePartialResponse]]:
-        """Run the partial of a requester-signed query on this shard."""
+        """Run the partial of a requester-signed query on this shard; it leaves sealed to the attested
+        aggregator and signed with this enclave's attested key.
+        """
+
+    @_abc_1.abstractmethod
+    def Attest(
+        self,
+        request: _enclave_pb2.AttestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_enclave_pb2.AttestResponse, _abc.Awaitable[_enclave_pb2.AttestResponse]]:
+        """Evidence binding this enclave's public keys to the caller's nonce (docs/tee.md)."""
 
 def add_EnclaveServiceServicer_to_server(servicer: EnclaveServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
@@ -85,6 +103,8 @@ class AggregatorServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AggregatorServiceAsyncStub: ...
     MergePartials: _grpc.UnaryUnaryMultiCallable[_enclave_pb2.MergePartialsRequest, _enclave_pb2.MergePartialsResponse]
+    Attest: _grpc.UnaryUnaryMultiCallable[_enclave_pb2.AggregatorServiceAttestRequest, _enclave_pb2.AggregatorServiceAttestResponse]
+    """Evidence binding the aggregator's public keys to the caller's nonce (docs/tee.md)."""
 
 @_typing.type_check_only
 class AggregatorServiceAsyncStub(AggregatorServiceStub):
@@ -94,6 +114,8 @@ class AggregatorServiceAsyncStub(AggregatorServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     MergePartials: _aio.UnaryUnaryMultiCallable[_enclave_pb2.MergePartialsRequest, _enclave_pb2.MergePartialsResponse]  # type: ignore[assignment]
+    Attest: _aio.UnaryUnaryMultiCallable[_enclave_pb2.AggregatorServiceAttestRequest, _enclave_pb2.AggregatorServiceAttestResponse]  # type: ignore[assignment]
+    """Evidence binding the aggregator's public keys to the caller's nonce (docs/tee.md)."""
 
 class AggregatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """The aggregator enclave: re-plans the merge from the same envelope, requires a partial from
@@ -106,5 +128,13 @@ class AggregatorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _enclave_pb2.MergePartialsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_enclave_pb2.MergePartialsResponse, _abc.Awaitable[_enclave_pb2.MergePartialsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Attest(
+        self,
+        request: _enclave_pb2.AggregatorServiceAttestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_enclave_pb2.AggregatorServiceAttestResponse, _abc.Awaitable[_enclave_pb2.AggregatorServiceAttestResponse]]:
+        """Evidence binding the aggregator's public keys to the caller's nonce (docs/tee.md)."""
 
 def add_AggregatorServiceServicer_to_server(servicer: AggregatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

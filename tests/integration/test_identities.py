@@ -43,6 +43,7 @@ from dataisland.v1 import (
     enclave_pb2_grpc,
 )
 from tests.integration.conftest import (
+    aggregator_evidence,
     client_for,
     coordinator_stub,
     credentials_of,
@@ -424,9 +425,13 @@ def _attached(
 
 
 def _execute(
-    stub: enclave_pb2_grpc.EnclaveServiceStub, envelope: common_pb2.SignedEnvelope
+    stub: enclave_pb2_grpc.EnclaveServiceStub,
+    envelope: common_pb2.SignedEnvelope,
+    evidence: bytes = b"",
 ) -> enclave_pb2.ExecutePartialResponse:
-    request = enclave_pb2.ExecutePartialRequest(query_id=str(uuid.uuid4()), envelope=envelope)
+    request = enclave_pb2.ExecutePartialRequest(
+        query_id=str(uuid.uuid4()), envelope=envelope, aggregator_evidence=evidence
+    )
     response: enclave_pb2.ExecutePartialResponse = stub.ExecutePartial(request, timeout=TIMEOUT)
     return response
 
@@ -489,7 +494,9 @@ def test_the_enclave_runs_a_good_envelope_the_coordinator_forwards(
 ) -> None:
     analyst = credentials_of(federation_dir)
     response = _execute(
-        as_coordinator, _attached(_envelope(analyst.key_pem), analyst.certificate_pem)
+        as_coordinator,
+        _attached(_envelope(analyst.key_pem), analyst.certificate_pem),
+        aggregator_evidence(federation_dir),
     )
     assert response.partial.department == "qingpu"
     assert response.partial.payload
@@ -614,7 +621,8 @@ def test_the_enclave_refuses_a_replay(
 ) -> None:
     analyst = credentials_of(federation_dir)
     envelope = _attached(_envelope(analyst.key_pem), analyst.certificate_pem)
-    assert _execute(as_coordinator, envelope).partial.department == "qingpu"
+    evidence = aggregator_evidence(federation_dir)
+    assert _execute(as_coordinator, envelope, evidence).partial.department == "qingpu"
     # A new query id does not make it a new query: the requester's request id ran here.
     error = _refusal(lambda: _execute(as_coordinator, envelope))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED

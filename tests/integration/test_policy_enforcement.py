@@ -25,7 +25,12 @@ from dataisland.supervisor import FederationProcesses
 from dataisland.tls import KeyPair, secure_channel
 from dataisland.v1 import common_pb2, enclave_pb2, enclave_pb2_grpc
 from policies.signing import load_private_key
-from tests.integration.conftest import ANALYST, free_base_port, signed_envelope
+from tests.integration.conftest import (
+    ANALYST,
+    aggregator_evidence,
+    free_base_port,
+    signed_envelope,
+)
 from tests.integration.test_federation import _rebase_ports
 
 pytestmark = pytest.mark.integration
@@ -174,7 +179,10 @@ def test_approved_template_runs_and_carries_k_and_policy_hash(
     signed = _template_envelope(federation_dir)
     response = _enclave(federation_dir).ExecutePartial(
         enclave_pb2.ExecutePartialRequest(
-            query_id="x", envelope=signed, approvals=[_approval(federation_dir, signed)]
+            query_id="x",
+            envelope=signed,
+            approvals=[_approval(federation_dir, signed)],
+            aggregator_evidence=aggregator_evidence(federation_dir),
         ),
         timeout=20,
     )
@@ -211,7 +219,12 @@ def test_approval_replayed_with_a_new_request_id_is_refused(
     approval = _approval(federation_dir, first)
     stub = _enclave(federation_dir)
     stub.ExecutePartial(
-        enclave_pb2.ExecutePartialRequest(query_id="x", envelope=first, approvals=[approval]),
+        enclave_pb2.ExecutePartialRequest(
+            query_id="x",
+            envelope=first,
+            approvals=[approval],
+            aggregator_evidence=aggregator_evidence(federation_dir),
+        ),
         timeout=20,
     )
     again = _refused(
@@ -241,7 +254,10 @@ def test_enclave_refuses_a_policy_older_than_one_it_holds(
         def ask() -> object:
             signed = _forwarded(copy, signed_envelope(copy, sql, uuid.uuid4().hex))
             return stub.ExecutePartial(
-                enclave_pb2.ExecutePartialRequest(query_id="x", envelope=signed), timeout=20
+                enclave_pb2.ExecutePartialRequest(
+                    query_id="x", envelope=signed, aggregator_evidence=aggregator_evidence(copy)
+                ),
+                timeout=20,
             )
 
         ask()
