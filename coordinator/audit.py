@@ -46,9 +46,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from coordinator.book import QueryBook, QueryRecord
-from dataisland.approvals import Approval
+from dataisland.approvals import Approval, TemplateApproval, is_template_approval
 from dataisland.canonical import QueryEnvelope, canonical_json, commit, format_rfc3339, new_salt
 from dataisland.errors import (
     ConfigError,
@@ -206,15 +207,21 @@ def approval_entry(
     Raises:
         InvalidInputError: the approval document does not parse.
     """
-    document = Approval.from_bytes(approval.approval)
+    subject: Literal["envelope", "template"]
+    if is_template_approval(approval.approval):
+        template = TemplateApproval.from_bytes(approval.approval)
+        officer, subject, subject_hash = template.officer, "template", template.template_hash
+    else:
+        document = Approval.from_bytes(approval.approval)
+        officer, subject, subject_hash = document.officer, "envelope", document.envelope_digest
     return ApprovalEntry(
         version=1,
         kind="approval",
         query_id=query_id,
         department=department,
-        officer=document.officer,
-        subject="envelope",
-        subject_hash=document.envelope_digest,
+        officer=officer,
+        subject=subject,
+        subject_hash=subject_hash,
         approval=_b64(approval.approval),
         approval_hash=hashlib.sha256(approval.approval).hexdigest(),
         signature=_b64(approval.signature),

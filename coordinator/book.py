@@ -54,6 +54,7 @@ class QueryRecord:
     reasons: list[common_pb2.Reason] = field(default_factory=list)
     policy_hashes: dict[str, str] = field(default_factory=dict)
     waiting_for: set[str] = field(default_factory=set)
+    template_hashes: dict[str, str] = field(default_factory=dict)
     approvals: dict[str, common_pb2.Approval] = field(default_factory=dict)
     finished_at: float | None = None
     # Index of the query's first audit-log entry, once it is durable (coordinator/audit.py).

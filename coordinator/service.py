@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -29,6 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from coordinator.attestation import Attestor, verify_result
 from coordinator.book import FINAL_STATES, QueryBook, QueryRecord
 from coordinator.judge import Judge, reasons_to_proto, waiting_for
+from dataisland.approvals import TemplateApproval, is_template_approval
 from dataisland.canonical import QueryEnvelope, query_hash
 from dataisland.catalog import Catalog
 from dataisland.envelopes import APPROVAL_WINDOW, check_signed_envelope
@@ -51,7 +53,7 @@ from dataisland.v1 import (
     enclave_pb2,
     enclave_pb2_grpc,
 )
-from policies.approvals import verify_approval
+from policies.approvals import verify_approval, verify_template_approval
 from policies.checker import Verdict
 from policies.routing import required_departments
 from policies.templates import parse_envelope_query
@@ -135,6 +137,10 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.catalog = catalog
         self.authenticator = authenticator
         self.judge = judge
+        self._standing_lock = threading.Lock()
+        self._standing: dict[
+            tuple[str, str, str, str], tuple[common_pb2.Approval, TemplateApproval, int]
+        ] = {}
         self.enclaves = dict(enclaves)
         self.aggregator = aggregator
         self.query_timeout = query_timeout
@@ -200,6 +206,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
             waiting_for=waiting_for(decision)
             if decision.verdict is Verdict.NEEDS_APPROVAL
             else set(),
+            template_hashes=dict(decision.template.template_hashes) if decision.template else {},
         )
         stored = self.book.add(record)
         if stored is record:
@@ -214,7 +221,35 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 )
             elif decision.verdict is Verdict.ALLOW:
                 self.pool.submit(self._run, record)
+            else:
+                self._apply_standing_approvals(record)
         return coordinator_pb2.SubmitQueryResponse(status=self._status(self._same(stored, digest)))
+
+    def _apply_standing_approvals(self, record: QueryRecord) -> None:
+        """Attach officers' template approvals with runs left; run once none is missing.
+
+        The coordinator's count only decides when to ask the officers again; each enclave
+        counts the runs itself and refuses one too many.
+        """
+        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        for department in sorted(record.waiting_for):
+            key = (
+                department,
+                record.template_hashes.get(department, ""),
+                record.requester,
+                record.purpose,
+            )
+            with self._standing_lock:
+                standing = self._standing.get(key)
+                if standing is None:
+                    continue
+                message, approval, used = standing
+                if now >= approval.expires_at or used >= approval.runs:
+                    del self._standing[key]
+                    continue
+                self._standing[key] = (message, approval, used + 1)
+            if self.book.approve(record, department, message):
+                self.pool.submit(self._run, record)
 
     @guarded
     def GetResult(
@@ -296,6 +331,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 submitted_at=_timestamp(r.submitted_at),
                 approved_by=sorted(r.approvals),
                 waiting_for=sorted(r.waiting_for),
+                template_hash=r.template_hashes.get(officer.department, ""),
             )
             for r in self.book.pending()
             if officer.department in r.waiting_for or officer.department in r.approvals
@@ -308,6 +344,28 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> coordinator_pb2.ApproveQueryResponse:
         officer = self._officer(context, "ApproveQuery")
         record = self.book.get_any(request.query_id)
+        if is_template_approval(request.approval.approval):
+            template = verify_template_approval(
+                request.approval.approval,
+                request.approval.signature,
+                officers=self.judge.federation.officer_keys(officer.department),
+                department=officer.department,
+                template_hash=record.template_hashes.get(officer.department, ""),
+                requester=record.requester,
+                purpose=record.purpose,
+                now=dt.datetime.fromtimestamp(self.clock(), dt.UTC),
+            )
+            if template.officer != officer.name:
+                raise PermissionDeniedError(
+                    f"{officer} may not present an approval signed by officer {template.officer}"
+                )
+            key = (officer.department, template.template_hash, record.requester, record.purpose)
+            with self._standing_lock:
+                # This query uses the first run; later ones of the same template attach it.
+                self._standing[key] = (request.approval, template, 1)
+            if self.book.approve(record, officer.department, request.approval):
+                self.pool.submit(self._run, record)
+            return coordinator_pb2.ApproveQueryResponse(status=self._status(record))
         approval = verify_approval(
             request.approval.approval,
             request.approval.signature,

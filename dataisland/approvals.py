@@ -92,3 +92,97 @@ class Approval:
     def sign(self, key: Ed25519PrivateKey) -> bytes:
         """The officer's signature over `to_bytes()`."""
         return key.sign(self.to_bytes())
+
+
+_TEMPLATE_FIELDS = (
+    "version",
+    "kind",
+    "department",
+    "officer",
+    "approval_id",
+    "template_hash",
+    "requester",
+    "purpose",
+    "runs",
+    "expires_at",
+)
+MAX_TEMPLATE_RUNS = 10_000
+
+
+@dataclass(frozen=True)
+class TemplateApproval:
+    """One officer's approval of a template for one requester and purpose: up to `runs` runs
+    with any parameters until `expires_at`. Each department enclave counts the runs itself."""
+
+    department: str
+    officer: str
+    approval_id: str
+    template_hash: str
+    requester: str
+    purpose: str
+    runs: int
+    expires_at: dt.datetime
+
+    def to_bytes(self) -> bytes:
+        """The canonical bytes the officer signs."""
+        return canonical_json(
+            {
+                "version": APPROVAL_VERSION,
+                "kind": "template",
+                "department": self.department,
+                "officer": self.officer,
+                "approval_id": self.approval_id,
+                "template_hash": self.template_hash,
+                "requester": self.requester,
+                "purpose": self.purpose,
+                "runs": self.runs,
+                "expires_at": format_rfc3339(self.expires_at),
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TemplateApproval:
+        """Parse canonical template-approval bytes strictly.
+
+        Raises:
+            InvalidInputError: not a template approval.
+        """
+        try:
+            obj = parse_canonical_json(data)
+        except DataislandError as exc:
+            raise InvalidInputError(f"approval: {exc}") from None
+        if not isinstance(obj, dict) or set(obj) != set(_TEMPLATE_FIELDS):
+            raise InvalidInputError(
+                f"a template approval has exactly the fields {list(_TEMPLATE_FIELDS)}"
+            )
+        if obj["version"] != APPROVAL_VERSION or obj["kind"] != "template":
+            raise InvalidInputError("not a version 1 template approval")
+        runs = obj["runs"]
+        if type(runs) is not int or not 1 <= runs <= MAX_TEMPLATE_RUNS:
+            raise InvalidInputError(f"runs must be an integer from 1 to {MAX_TEMPLATE_RUNS}")
+        texts = {k: v for k, v in obj.items() if k not in ("version", "runs")}
+        if not all(isinstance(v, str) for v in texts.values()):
+            raise InvalidInputError("approval fields are strings")
+        return cls(
+            department=texts["department"],
+            officer=texts["officer"],
+            approval_id=texts["approval_id"],
+            template_hash=texts["template_hash"],
+            requester=texts["requester"],
+            purpose=texts["purpose"],
+            runs=runs,
+            expires_at=parse_rfc3339(texts["expires_at"]),
+        )
+
+    def sign(self, key: Ed25519PrivateKey) -> bytes:
+        """The officer's signature over `to_bytes()`."""
+        return key.sign(self.to_bytes())
+
+
+def is_template_approval(data: bytes) -> bool:
+    """Whether approval bytes claim to be a template approval (verification still decides)."""
+    try:
+        obj = parse_canonical_json(data)
+    except DataislandError:
+        return False
+    return isinstance(obj, dict) and obj.get("kind") == "template"

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dataisland.approvals import Approval
+from dataisland.approvals import Approval, TemplateApproval
 from dataisland.canonical import (
     CanonicalResult,
     QueryEnvelope,
@@ -276,12 +276,43 @@ class Client:
         *,
         signing_key: Ed25519PrivateKey,
         valid_for: dt.timedelta = dt.timedelta(hours=1),
+        runs: int | None = None,
     ) -> coordinator_pb2.QueryStatus:
-        """Sign and send this officer's approval of one pending query (one approval, one run).
+        """Sign and send this officer's approval of one pending query.
 
-        The approval binds the query's envelope, requester, purpose and the policy it was
-        judged by; `signing_key` is the officer key the department pins.
+        Without `runs`, the approval binds the query's envelope, requester, purpose and the
+        policy it was judged by: one approval, one run. With `runs` (template queries only), it
+        binds the template, requester and purpose for that many runs, with any parameters,
+        until it expires. `signing_key` is the officer key the department pins.
+
+        Raises:
+            QueryFailedError: `runs` for a query that is not a template's, or the coordinator
+                refused the approval.
         """
+        expires_at = dt.datetime.now(dt.UTC) + valid_for
+        if runs is not None:
+            if not pending.template_hash:
+                raise QueryFailedError(
+                    "INVALID_ARGUMENT", f"query {pending.query_id} is not a template's: no runs"
+                )
+            template = TemplateApproval(
+                department=self.principal.department,
+                officer=self.principal.name,
+                approval_id=uuid.uuid4().hex,
+                template_hash=pending.template_hash,
+                requester=pending.requester,
+                purpose=pending.purpose,
+                runs=runs,
+                expires_at=expires_at,
+            )
+            signed = common_pb2.Approval(
+                approval=template.to_bytes(), signature=template.sign(signing_key)
+            )
+            request = coordinator_pb2.ApproveQueryRequest(
+                query_id=pending.query_id, approval=signed
+            )
+            status: coordinator_pb2.QueryStatus = self._call("ApproveQuery", request).status
+            return status
         approval = Approval(
             department=self.principal.department,
             officer=self.principal.name,
@@ -290,7 +321,7 @@ class Client:
             requester=pending.requester,
             purpose=pending.purpose,
             policy_hash=pending.policy_hash,
-            expires_at=dt.datetime.now(dt.UTC) + valid_for,
+            expires_at=expires_at,
         )
         request = coordinator_pb2.ApproveQueryRequest(
             query_id=pending.query_id,
@@ -298,8 +329,8 @@ class Client:
                 approval=approval.to_bytes(), signature=approval.sign(signing_key)
             ),
         )
-        status: coordinator_pb2.QueryStatus = self._call("ApproveQuery", request).status
-        return status
+        answer: coordinator_pb2.QueryStatus = self._call("ApproveQuery", request).status
+        return answer
 
     def deny(self, query_id: str, *, reason: str) -> coordinator_pb2.QueryStatus:
         """Deny a pending query for this officer's department."""

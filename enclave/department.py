@@ -20,11 +20,13 @@ the policy hashes). This module does not merge or release anything.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable, Mapping, Sequence
 
 import grpc
 import pyarrow as pa
 
+from dataisland.approvals import is_template_approval
 from dataisland.attestation import TrustAnchors, partial_statement
 from dataisland.canonical import query_hash
 from dataisland.catalog import Catalog
@@ -37,7 +39,7 @@ from enclave.attestation import Attester
 from enclave.planner import plan_query
 from enclave.sealing import seal
 from enclave.shard import Shard
-from policies.approvals import ApprovalError, verify_approval
+from policies.approvals import ApprovalError, verify_approval, verify_template_approval
 from policies.checker import Verdict, check
 from policies.keeper import PolicyKeeper
 from policies.templates import parse_envelope_query
@@ -100,6 +102,10 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
         self.keeper = keeper
         self.officers = keeper.officers
         self.read_policy = read_policy
+        # Runs used per template approval. Kept in memory: a restart forgets them, which the
+        # TEE issue's state rebuilt from the cosigned log closes.
+        self._runs_lock = threading.Lock()
+        self._runs_used: dict[str, int] = {}
         self.catalog = catalog
         self.shard = shard
         self.query_timeout = query_timeout
@@ -161,8 +167,14 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
                 + "; ".join(str(r) for r in decision.reasons if r.denies)
             )
         if decision.verdict is Verdict.NEEDS_APPROVAL:
+            template = decision.template
             self._require_approval(
-                request.approvals, checked, requester.spiffe_id, policy.hash, now
+                request.approvals,
+                checked,
+                requester.spiffe_id,
+                policy.hash,
+                now,
+                template_hash=template.template_hashes.get(self.department) if template else None,
             )
         else:
             # Only an approved query may be older than the usual freshness window.
@@ -212,14 +224,47 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
         requester: str,
         policy_hash: str,
         now: dt.datetime,
+        template_hash: str | None,
     ) -> None:
-        """Accept the query only with one valid approval by an officer of this department.
+        """Accept the query only with one valid approval by an officer of this department: of
+        this very envelope, or (for a template) of the template for this requester and purpose
+        with a run left, which this enclave then counts as used.
 
         Raises:
             ApprovalError: no approval of this department, or every one of them fails.
         """
         failures = []
         for item in approvals:
+            if is_template_approval(item.approval):
+                if template_hash is None:
+                    failures.append("a template approval cannot approve an ad-hoc query")
+                    continue
+                try:
+                    approval = verify_template_approval(
+                        item.approval,
+                        item.signature,
+                        officers=self.officers,
+                        department=self.department,
+                        template_hash=template_hash,
+                        requester=requester,
+                        purpose=checked.envelope.purpose,
+                        now=now,
+                    )
+                except ApprovalError as exc:
+                    failures.append(str(exc))
+                    continue
+                except InvalidInputError:
+                    continue
+                with self._runs_lock:
+                    used = self._runs_used.get(approval.approval_id, 0)
+                    if used < approval.runs:
+                        self._runs_used[approval.approval_id] = used + 1
+                        return
+                failures.append(
+                    f"all {approval.runs} run(s) of the template approval by "
+                    f"{approval.officer} are used"
+                )
+                continue
             try:
                 verify_approval(
                     item.approval,

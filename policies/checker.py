@@ -1565,7 +1565,8 @@ def check(
             reasons.append(
                 Reason("query.too_deep", "the query is nested too deeply", department=department)
             )
-    template_use = _template_use(uses, owners, policies)
+    judged = owners if only is None else {d: t for d, t in owners.items() if d in only}
+    template_use = _template_use(uses, judged, policies)
     if any(r.denies for r in reasons):
         verdict = Verdict.DENY
     elif approvals:

@@ -87,9 +87,20 @@ def list_command(directory: Path, identity: str | None) -> None:
     help="your officer signing key (default: the local federation's key for --as)",
 )
 @click.option("--valid-for", default=60, show_default=True, help="minutes the approval lasts")
+@click.option(
+    "--runs",
+    type=click.IntRange(1, 10_000),
+    default=None,
+    help="template queries: approve this many runs (any parameters) for this requester and purpose",
+)
 @friendly_errors
 def approve_command(
-    query_id: str, directory: Path, identity: str | None, key_file: Path | None, valid_for: int
+    query_id: str,
+    directory: Path,
+    identity: str | None,
+    key_file: Path | None,
+    valid_for: int,
+    runs: int | None,
 ) -> None:
     """Approve QUERY_ID for your department (one approval, one run)."""
     identity = _officer_identity(directory, identity)
@@ -104,7 +115,10 @@ def approve_command(
         if query_id not in pending:
             raise NotFoundError(f"query {query_id} is not waiting for {department}'s approval")
         status = client.approve(
-            pending[query_id], signing_key=key, valid_for=dt.timedelta(minutes=valid_for)
+            pending[query_id],
+            signing_key=key,
+            valid_for=dt.timedelta(minutes=valid_for),
+            runs=runs,
         )
     state = "still waiting for others" if status.state == QUERY_STATE_PENDING else "running"
     console.print(f"[green]approved[/] {query_id} for {department}: {state}")

@@ -438,6 +438,7 @@ class PendingApproval(_message.Message):
     SUBMITTED_AT_FIELD_NUMBER: _builtins.int
     APPROVED_BY_FIELD_NUMBER: _builtins.int
     WAITING_FOR_FIELD_NUMBER: _builtins.int
+    TEMPLATE_HASH_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     requester: _builtins.str
     """SPIFFE ID of the requester."""
@@ -447,6 +448,10 @@ class PendingApproval(_message.Message):
     """SHA-256 (hex) of the envelope an approval must bind."""
     policy_hash: _builtins.str
     """Hash (hex) of the officer's own department's policy the query was judged by."""
+    template_hash: _builtins.str
+    """For a template query: the hash of the template as the officer's department defines it (a
+    template approval binds it, with the requester, purpose and a number of runs).
+    """
     @_builtins.property
     def reasons(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Reason]:
         """Why it needs approval."""
@@ -474,10 +479,11 @@ class PendingApproval(_message.Message):
         submitted_at: _timestamp_pb2.Timestamp | None = ...,
         approved_by: _abc.Iterable[_builtins.str] | None = ...,
         waiting_for: _abc.Iterable[_builtins.str] | None = ...,
+        template_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["submitted_at", b"submitted_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "canonical_sql", b"canonical_sql", "envelope_digest", b"envelope_digest", "policy_hash", b"policy_hash", "purpose", b"purpose", "query_id", b"query_id", "reasons", b"reasons", "requester", b"requester", "submitted_at", b"submitted_at", "waiting_for", b"waiting_for"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "canonical_sql", b"canonical_sql", "envelope_digest", b"envelope_digest", "policy_hash", b"policy_hash", "purpose", b"purpose", "query_id", b"query_id", "reasons", b"reasons", "requester", b"requester", "submitted_at", b"submitted_at", "template_hash", b"template_hash", "waiting_for", b"waiting_for"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -16,18 +16,20 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dataisland.approvals import Approval
+from dataisland.approvals import Approval, TemplateApproval
 from dataisland.canonical import QueryEnvelope, TypedParam
 from dataisland.cli.officers import officer_key_path, write_signed_policy
 from dataisland.federation import load_federation
 from dataisland.identity import credential_paths, load_certificate
 from dataisland.supervisor import FederationProcesses
 from dataisland.tls import KeyPair, secure_channel
-from dataisland.v1 import common_pb2, enclave_pb2, enclave_pb2_grpc
+from dataisland.v1 import common_pb2, coordinator_pb2, enclave_pb2, enclave_pb2_grpc
+from policies.keeper import PolicyKeeper
 from policies.signing import load_private_key
 from tests.integration.conftest import (
     ANALYST,
     aggregator_evidence,
+    client_for,
     free_base_port,
     signed_envelope,
 )
@@ -35,6 +37,7 @@ from tests.integration.test_federation import _rebase_ports
 
 pytestmark = pytest.mark.integration
 
+QINGPU_ANALYST = "spiffe://dataisland/dept/qingpu/requester/analyst"
 TEMPLATE = (
     "SELECT count(*) > 0 AS has_valid_claim FROM claims "
     "WHERE person_id = $person_id AND service_date >= $since"
@@ -291,3 +294,88 @@ def test_unsigned_policy_change_is_refused(federation_dir: Path, tmp_path: Path)
             )
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "signature" in (info.value.details() or "")
+
+
+def _template_approval(
+    directory: Path, *, runs: int, requester: str = QINGPU_ANALYST
+) -> common_pb2.Approval:
+    federation = load_federation(directory / "federation.yaml")
+    policy = PolicyKeeper(
+        department="qingpu", officers=federation.officer_keys("qingpu"), required=1
+    ).accept(*federation.read_policy("qingpu"))
+    approval = TemplateApproval(
+        department="qingpu",
+        officer="officer",
+        approval_id=uuid.uuid4().hex,
+        template_hash=policy.template_hash("claims", "has_valid_claim"),
+        requester=requester,
+        purpose="eligibility check",
+        runs=runs,
+        expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=7),
+    )
+    key = load_private_key(officer_key_path(directory, "qingpu").read_bytes())
+    return common_pb2.Approval(approval=approval.to_bytes(), signature=approval.sign(key))
+
+
+def test_enclave_counts_template_runs_and_refuses_one_too_many(
+    running: FederationProcesses, federation_dir: Path
+) -> None:
+    approval = _template_approval(federation_dir, runs=2)
+    stub = _enclave(federation_dir)
+    evidence = aggregator_evidence(federation_dir)
+
+    def run() -> enclave_pb2.ExecutePartialRequest:
+        return enclave_pb2.ExecutePartialRequest(
+            query_id=uuid.uuid4().hex,
+            envelope=_template_envelope(federation_dir),  # new parameters' envelope each time
+            approvals=[approval],
+            aggregator_evidence=evidence,
+        )
+
+    stub.ExecutePartial(run(), timeout=20)
+    stub.ExecutePartial(run(), timeout=20)
+    error = _refused(stub, run())
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "all 2 run(s)" in (error.details() or "")
+
+
+def test_template_approval_binds_the_requester(
+    running: FederationProcesses, federation_dir: Path
+) -> None:
+    approval = _template_approval(
+        federation_dir, runs=5, requester="spiffe://dataisland/dept/wujiang/requester/analyst"
+    )
+    error = _refused(
+        _enclave(federation_dir),
+        enclave_pb2.ExecutePartialRequest(
+            query_id="x",
+            envelope=_template_envelope(federation_dir),
+            approvals=[approval],
+            aggregator_evidence=aggregator_evidence(federation_dir),
+        ),
+    )
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "another requester" in (error.details() or "")
+
+
+def test_officers_approve_a_template_for_several_runs_through_the_coordinator(
+    running: FederationProcesses, federation_dir: Path
+) -> None:
+    params = [
+        TypedParam.of("person_id", "VARCHAR", "p1-1"),
+        TypedParam.of("since", "DATE", dt.date(2024, 1, 1)),
+    ]
+    with client_for(federation_dir, "wujiang/requester/analyst") as client:
+        first = client.submit(TEMPLATE, purpose="eligibility check", params=params)
+        assert first.state == coordinator_pb2.QUERY_STATE_PENDING
+        for department in ("qingpu", "wujiang", "jiashan"):
+            with client_for(federation_dir, f"{department}/officer/officer") as officer:
+                key = load_private_key(officer_key_path(federation_dir, department).read_bytes())
+                pending = {p.query_id: p for p in officer.pending_approvals()}
+                officer.approve(pending[first.query_id], signing_key=key, runs=2)
+        assert client.wait(first.query_id).state == coordinator_pb2.QUERY_STATE_SUCCEEDED
+        # The second run needs no officer; the third waits for a new approval.
+        second = client.submit(TEMPLATE, purpose="eligibility check", params=params)
+        assert client.wait(second.query_id).state == coordinator_pb2.QUERY_STATE_SUCCEEDED
+        third = client.submit(TEMPLATE, purpose="eligibility check", params=params)
+        assert third.state == coordinator_pb2.QUERY_STATE_PENDING
