@@ -60,7 +60,15 @@ from dataisland.errors import (
 from dataisland.federation import Federation, NodeConfig
 from dataisland.v1 import common_pb2, coordinator_pb2, enclave_pb2
 from ledger.checkpoint import Checkpoint, add_signatures, sign_checkpoint, verify_cosigned
-from ledger.entries import ApprovalEntry, DenialEntry, Entry, FailureEntry, QueryEntry
+from ledger.entries import (
+    ApprovalEntry,
+    DenialEntry,
+    Entry,
+    FailureEntry,
+    OfficerSignature,
+    PolicyActivationEntry,
+    QueryEntry,
+)
 from ledger.errors import LedgerError
 from ledger.keys import load_signer
 from ledger.note import (
@@ -71,6 +79,8 @@ from ledger.note import (
     NoteSignature,
 )
 from ledger.storage import LogStorage, LogWriter
+from policies.document import Policy
+from policies.signing import decode_signatures
 
 log = logging.getLogger("dataisland.coordinator.audit")
 
@@ -464,6 +474,14 @@ class AuditLog:
             self._submissions.setdefault(query_id, entry)
         if isinstance(entry, (QueryEntry, DenialEntry)):
             self._owners.setdefault(query_id, entry.requester)
+
+    def log_activation(self, policy: Policy, signatures: bytes) -> None:
+        """Log a policy version the coordinator sees take effect (best effort: a failure is
+        logged locally; each enclave enforces the policy whether or not this entry exists)."""
+        try:
+            self.append(policy_activation_entry(policy, signatures, at=time.time()))
+        except DataislandError as exc:
+            log.warning("could not log %s's policy activation: %s", policy.department, exc)
 
     def append(self, entry: Entry) -> int:
         """Append `entry` durably and return its index (after the fsync).
@@ -892,3 +910,22 @@ class AuditedBook(QueryBook):
             self.audit.append(entry)
         except DataislandError as exc:
             raise logged_or_unavailable(exc) from None
+
+
+def policy_activation_entry(
+    policy: Policy, signatures: bytes, *, at: float
+) -> PolicyActivationEntry:
+    """The log entry of a department's policy version taking effect, signatures included."""
+    return PolicyActivationEntry(
+        version=1,
+        kind="policy_activation",
+        department=policy.department,
+        policy_version=policy.version,
+        policy=_b64(policy.canonical_bytes),
+        policy_hash=policy.hash,
+        signatures=tuple(
+            OfficerSignature(officer=s.officer, signature=_b64(s.signature))
+            for s in decode_signatures(signatures)
+        ),
+        activated_at=_time(at),
+    )

@@ -29,9 +29,18 @@ APPROVAL_RULE = "approval.manual"
 class Judge:
     """Holds one verified policy per department and decides early."""
 
-    def __init__(self, federation: Federation, *, clock: Callable[[], dt.datetime]) -> None:
+    def __init__(
+        self,
+        federation: Federation,
+        *,
+        clock: Callable[[], dt.datetime],
+        on_activation: Callable[[Policy, bytes], None] | None = None,
+    ) -> None:
         self.federation = federation
         self.clock = clock
+        # Called once per newly seen policy (with its signature file), to log its activation.
+        self.on_activation = on_activation
+        self._active: dict[str, str] = {}
         self.keepers = {
             name: PolicyKeeper(
                 department=name,
@@ -44,10 +53,16 @@ class Judge:
     def policy(self, department: str) -> Policy | None:
         """`department`'s verified policy, or None if it has none that verifies (logged)."""
         try:
-            return self.keepers[department].accept(*self.federation.read_policy(department))
+            document, signatures = self.federation.read_policy(department)
+            policy = self.keepers[department].accept(document, signatures)
         except DataislandError as exc:
             log.warning("no usable policy of %s: %s", department, exc)
             return None
+        if self._active.get(department) != policy.hash:
+            if self.on_activation is not None:
+                self.on_activation(policy, signatures)
+            self._active[department] = policy.hash
+        return policy
 
     def decide(self, parsed: ParsedQuery, *, requester: Principal, purpose: str) -> Decision:
         """Every owner's judgement of the query (a missing policy denies)."""

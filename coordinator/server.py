@@ -97,7 +97,11 @@ def serve_coordinator(config: NodeConfig) -> None:
         attestor=attestor,
         catalog=federation.catalog(),
         authenticator=authenticator,
-        judge=Judge(federation, clock=lambda: dt.datetime.now(dt.UTC)),
+        judge=Judge(
+            federation,
+            clock=lambda: dt.datetime.now(dt.UTC),
+            on_activation=None if audit is None else audit.log_activation,
+        ),
         enclaves=enclaves,
         aggregator=aggregator,
         query_timeout=config.query_timeout_seconds,

@@ -379,3 +379,30 @@ def test_officers_approve_a_template_for_several_runs_through_the_coordinator(
         assert client.wait(second.query_id).state == coordinator_pb2.QUERY_STATE_SUCCEEDED
         third = client.submit(TEMPLATE, purpose="eligibility check", params=params)
         assert third.state == coordinator_pb2.QUERY_STATE_PENDING
+
+
+def test_each_policy_activation_is_logged_with_its_signatures(
+    running: FederationProcesses, federation_dir: Path
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    with client_for(federation_dir) as client:
+        client.query(
+            "SELECT category, count(*) AS n FROM claims GROUP BY category", purpose="statistics"
+        )
+    listed = subprocess.run(
+        [sys.executable, "-m", "dataisland", "audit", "log", "--federation", str(federation_dir),
+         "--as", "qingpu/auditor/auditor", "--json"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    entries = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
+    activations = {e["department"]: e for e in entries if e["kind"] == "policy_activation"}
+    assert set(activations) == {"qingpu", "wujiang", "jiashan"}
+    federation = load_federation(federation_dir / "federation.yaml")
+    policy = PolicyKeeper(
+        department="qingpu", officers=federation.officer_keys("qingpu"), required=1
+    ).accept(*federation.read_policy("qingpu"))
+    assert activations["qingpu"]["policy_hash"] == policy.hash
+    assert [s["officer"] for s in activations["qingpu"]["signatures"]] == ["officer"]
