@@ -1,7 +1,7 @@
 """Engines that run planned SQL: the thin I/O shell around DuckDB for partials and merges.
 
 `open_locked` opens a DuckDB database with the lockdown every enclave applies; `DuckDBMergeEngine`
-runs a merge in a fresh, locked-down in-memory DuckDB over Arrow tables it is handed;
+runs a merge on a fresh cursor of a locked-down in-memory DuckDB over Arrow tables it is handed;
 `run_partial` runs a plan's partial on a department's shard connection. Both return the
 Arrow result together with DuckDB's type names, because Arrow loses some (HUGEINT arrives as
 DECIMAL(38,0)) and the canonical result encoding needs the DuckDB types.
@@ -107,13 +107,20 @@ def _result(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> EngineResult
 
 
 class DuckDBMergeEngine:
-    """A merge engine: each run gets a fresh in-memory DuckDB, locked down like a shard."""
+    """A merge engine: one locked-down in-memory DuckDB, a fresh cursor for every merge.
+
+    Opening a DuckDB database costs about 30 ms, twice a small query's whole budget; a cursor
+    costs well under one. A cursor shares the database's locked configuration, and the Arrow
+    tables a merge registers are views of that cursor alone, gone when it closes, so merges
+    never see each other's partials.
+    """
 
     def __init__(self, lockdown: Lockdown) -> None:
         self.lockdown = lockdown
+        self._database = open_locked(":memory:", lockdown)
 
     def run(self, sql: str, tables: Mapping[str, pa.Table] | None = None) -> EngineResult:
-        """Run `sql` over `tables` in a fresh locked-down connection.
+        """Run `sql` over `tables` on a fresh cursor of the locked-down database.
 
         Args:
             sql: the merge SQL (written by the planner).
@@ -125,7 +132,7 @@ class DuckDBMergeEngine:
         Raises:
             ExecutionError: DuckDB failed (the message names only the error kind).
         """
-        con = open_locked(":memory:", self.lockdown)
+        con = self._database.cursor()
         try:
             for name, table in (tables or {}).items():
                 con.register(name, table)

@@ -128,6 +128,7 @@ class _Aggregate:
     pieces: list[tuple[str, str]]  # (partial column, partial SQL expression)
     merged: str
     window: list[tuple[str, str]]  # (column, window expression) computed before the merge
+    combine: tuple[str, ...] = ()  # per piece, the aggregate re-combining it across units
 
 
 def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
@@ -191,26 +192,24 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
             cells[agg_key] = column
 
     # --- partial -------------------------------------------------------------------------
-    items = [
-        f"{key.sql(dialect=DIALECT)} AS {column}"
-        for key, column in zip(keys, group_columns, strict=True)
+    partial_columns = [
+        *group_columns,
+        *(column for agg in aggregates.values() for column, _ in agg.pieces),
+        UNITS_COLUMN,
+        *conditions.values(),
     ]
-    partial_columns = list(group_columns)
-    for agg in aggregates.values():
-        for column, sql in agg.pieces:
-            items.append(f"{sql} AS {column}")
-            partial_columns.append(column)
-    items.append(f"{_units(unit_sql)} AS {UNITS_COLUMN}")
-    partial_columns.append(UNITS_COLUMN)
-    unit_columns = [UNITS_COLUMN]
-    for condition, column in conditions.items():
-        items.append(f"{_units(unit_sql, condition)} AS {column}")
-        partial_columns.append(column)
-        unit_columns.append(column)
+    unit_columns = [UNITS_COLUMN, *conditions.values()]
     from_sql = _from_sql(tree)
-    partial_sql = f"SELECT {', '.join(items)} FROM {from_sql}"
-    if keys:
-        partial_sql += " GROUP BY " + ", ".join(k.sql(dialect=DIALECT) for k in keys)
+    key_sql = [k.sql(dialect=DIALECT) for k in keys]
+    key_items = [f"{sql} AS {column}" for sql, column in zip(key_sql, group_columns, strict=True)]
+    if all(agg.combine for agg in aggregates.values()):
+        partial_sql = _partial_by_unit(
+            key_items, key_sql, list(aggregates.values()), conditions, unit_sql, from_sql
+        )
+    else:
+        partial_sql = _partial_with_distinct(
+            key_items, key_sql, list(aggregates.values()), conditions, unit_sql, from_sql
+        )
 
     # --- merge ---------------------------------------------------------------------------
     def rewrite(node: exp.Expr) -> exp.Expr:
@@ -333,6 +332,67 @@ def _units(unit_sql: str, condition: str | None = None) -> str:
     return f"(count(DISTINCT {unit_sql}){where} + {null_unit})"
 
 
+def _partial_by_unit(
+    key_items: list[str],
+    key_sql: list[str],
+    aggregates: list[_Aggregate],
+    conditions: Mapping[str, str],
+    unit_sql: str,
+    from_sql: str,
+) -> str:
+    """The partial in two steps: aggregate per group and privacy unit, then per group.
+
+    The first step's rows are the group's distinct units (rows whose unit is NULL fall in one
+    row, counted as one unit, as `_units` does), so a group's units are its row count and a
+    cell's units the rows where any of the unit's rows entered the cell. One hash aggregation
+    instead of one `count(DISTINCT ...)` per group and per cell: about twice as fast, and
+    exact. Only for aggregates whose pieces re-combine across units (not variances).
+    """
+    group_columns = [f"__g{j}" for j in range(len(key_sql))]
+    inner = [*key_items, f"{unit_sql} AS __unit"]
+    outer = list(group_columns)
+    for agg in aggregates:
+        for (column, sql), combine in zip(agg.pieces, agg.combine, strict=True):
+            inner.append(f"{sql} AS {column}")
+            outer.append(
+                f"CAST(sum({column}) AS BIGINT) AS {column}"
+                if combine == "count"
+                else f"{combine}({column}) AS {column}"
+            )
+    outer.append(f"count(*) AS {UNITS_COLUMN}")
+    for j, (condition, column) in enumerate(conditions.items()):
+        inner.append(f"count(*) FILTER (WHERE {condition}) AS __entered{j}")
+        outer.append(f"count(*) FILTER (WHERE __entered{j} > 0) AS {column}")
+    sql = (
+        f"SELECT {', '.join(outer)} FROM (SELECT {', '.join(inner)} FROM {from_sql} "
+        f"GROUP BY {', '.join([*key_sql, unit_sql])}) AS __by_unit"
+    )
+    if group_columns:
+        sql += " GROUP BY " + ", ".join(group_columns)
+    return sql
+
+
+def _partial_with_distinct(
+    key_items: list[str],
+    key_sql: list[str],
+    aggregates: list[_Aggregate],
+    conditions: Mapping[str, str],
+    unit_sql: str,
+    from_sql: str,
+) -> str:
+    """The partial in one step, units by `count(DISTINCT ...)` (for pieces that do not
+    re-combine across units)."""
+    items = list(key_items)
+    for agg in aggregates:
+        items.extend(f"{sql} AS {column}" for column, sql in agg.pieces)
+    items.append(f"{_units(unit_sql)} AS {UNITS_COLUMN}")
+    items.extend(f"{_units(unit_sql, c)} AS {column}" for c, column in conditions.items())
+    sql = f"SELECT {', '.join(items)} FROM {from_sql}"
+    if key_sql:
+        sql += " GROUP BY " + ", ".join(key_sql)
+    return sql
+
+
 def _passes(unit_column: str) -> str:
     """Whether one group's (or cell's) units, over its departments' partial rows, may be released.
 
@@ -443,7 +503,10 @@ def _decompose(
 
     if isinstance(base, exp.Count):
         return _Aggregate(
-            [(f"{p}_n", piece("count"))], f"CAST(COALESCE(sum({p}_n), 0) AS BIGINT)", []
+            [(f"{p}_n", piece("count"))],
+            f"CAST(COALESCE(sum({p}_n), 0) AS BIGINT)",
+            [],
+            ("count",),
         )
     if isinstance(base, exp.Sum):
         merged = f"sum({p}_s)"
@@ -451,13 +514,15 @@ def _decompose(
             # The partial's HUGEINT arrives through Arrow as DECIMAL(38,0); DuckDB's SUM over
             # integers is HUGEINT, so restore the type.
             merged = f"CAST({merged} AS HUGEINT)"
-        return _Aggregate([(f"{p}_s", piece("sum"))], merged, [])
+        return _Aggregate([(f"{p}_s", piece("sum"))], merged, [], ("sum",))
     if isinstance(base, (exp.Min, exp.Max)):
         function = "min" if isinstance(base, exp.Min) else "max"
-        return _Aggregate([(f"{p}_v", piece(function))], f"{function}({p}_v)", [])
+        return _Aggregate([(f"{p}_v", piece(function))], f"{function}({p}_v)", [], (function,))
     if isinstance(base, exp.Avg):
         merged = f"CASE WHEN sum({p}_n) > 0 THEN CAST(sum({p}_s) AS DOUBLE) / sum({p}_n) END"
-        return _Aggregate([(f"{p}_s", piece("sum")), (f"{p}_n", piece("count"))], merged, [])
+        return _Aggregate(
+            [(f"{p}_s", piece("sum")), (f"{p}_n", piece("count"))], merged, [], ("sum", "count")
+        )
     as_double = f"CAST({arg_sql} AS DOUBLE)"
     pieces = [
         (f"{p}_n", piece("count")),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dataisland.catalog import TableInfo
 from dataisland.errors import (
@@ -50,8 +52,53 @@ def test_filter_cells_carry_their_own_unit_counts() -> None:
     plan = _plan("SELECT cat, count(*) FILTER (WHERE n > 1), sum(n) FROM claims GROUP BY cat")
     # The FILTER cell and the SUM (rows with n not NULL) each stand for their own units.
     assert plan.unit_columns == ("__units", "__units_0", "__units_1")
-    assert "count(DISTINCT claims.pid) FILTER (WHERE (n > 1)) +" in plan.partial_sql
+    assert "GROUP BY cat, claims.pid) AS __by_unit" in plan.partial_sql
+    assert "count(*) FILTER (WHERE __entered0 > 0) AS __units_0" in plan.partial_sql
+    assert "count(*) FILTER (WHERE (n) IS NOT NULL) AS __entered1" in plan.partial_sql
+
+
+def test_variances_count_units_with_distinct() -> None:
+    """Variance pieces do not re-combine across units, so their partial counts distinct units."""
+    plan = _plan("SELECT cat, var_pop(n) FROM claims GROUP BY cat")
     assert "count(DISTINCT claims.pid) FILTER (WHERE (n) IS NOT NULL) +" in plan.partial_sql
+    assert "__by_unit" not in plan.partial_sql
+
+
+_UNIT_ROWS = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c"]),
+        st.one_of(st.none(), st.integers(-3, 3)),
+        st.one_of(st.none(), st.integers(0, 6)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=_UNIT_ROWS)
+def test_both_partial_forms_count_the_same_units(rows: Rows) -> None:
+    """The per-unit partial counts exactly the units `count(DISTINCT ...)` counts, NULL unit
+    included, for the group and for every cell."""
+    by_unit = _plan(
+        "SELECT cat, count(*) FILTER (WHERE n > 1) AS f, sum(n) AS s FROM claims GROUP BY cat"
+    )
+    distinct = _plan(
+        "SELECT cat, count(*) FILTER (WHERE n > 1) AS f, sum(n) AS s, var_pop(n) AS v "
+        "FROM claims GROUP BY cat"
+    )
+    assert "__by_unit" in by_unit.partial_sql
+    assert "__by_unit" not in distinct.partial_sql
+    con = duckdb.connect()
+    con.execute("CREATE TABLE claims (cat VARCHAR, n INTEGER, pid INTEGER)")
+    if rows:
+        con.executemany("INSERT INTO claims VALUES (?, ?, ?)", rows)
+
+    def units(plan: FederatedPlan) -> list[dict[str, object]]:
+        table = run_partial(plan, con).table
+        wanted = ["__g0", "__a0_n", "__a1_s", *plan.unit_columns]
+        return sorted(table.select(wanted).to_pylist(), key=lambda r: str(r["__g0"]))
+
+    assert units(by_unit) == units(distinct)
 
 
 def _release(
@@ -199,7 +246,7 @@ def test_single_department_join_runs_whole_query_on_that_department() -> None:
         "JOIN people AS p ON v.pid = p.pid WHERE p.age > 1 GROUP BY v.site ORDER BY v.site"
     )
     assert plan.departments == frozenset({"qingpu"})
-    assert "(count(DISTINCT v.pid) + " in plan.partial_sql
+    assert "GROUP BY v.site, v.pid) AS __by_unit" in plan.partial_sql
     con = duckdb.connect()
     con.execute(
         "CREATE TABLE people AS SELECT * FROM (VALUES (1, 30), (2, 40), (3, 0)) AS t(pid, age)"
@@ -291,6 +338,19 @@ def test_merge_engine_is_locked_down_and_hides_duckdb_messages() -> None:
     assert result.types == ("HUGEINT", "DECIMAL(38,2)")
 
 
+def test_merges_on_one_engine_never_see_each_others_partials() -> None:
+    """The engine reuses one database; each merge's registered partials must die with it."""
+    engine = DuckDBMergeEngine(Lockdown(threads=1, memory_limit="1GB"))
+    first = engine.run("SELECT sum(x) AS s FROM p_secret", {"p_secret": pa.table({"x": [41, 1]})})
+    assert first.table.column("s").to_pylist() == [42]
+    with pytest.raises(ExecutionError):
+        engine.run("SELECT * FROM p_secret")
+    with pytest.raises(ExecutionError):
+        engine.run("SET enable_external_access = true")
+    setting = engine.run("SELECT current_setting('enable_external_access') AS e")
+    assert setting.table.to_pylist() == [{"e": False}]
+
+
 def test_order_by_aggregate_expression_and_having_alias() -> None:
     sql = (
         "SELECT cat, sum(n) AS total FROM claims GROUP BY cat HAVING total > 1 "
@@ -335,4 +395,4 @@ def test_aggregates_differing_only_in_string_case_are_not_merged() -> None:
         k=dict.fromkeys(plan.departments, 1),
     ).result
     assert got.table.to_pylist() == [{"upper_a": 3, "lower_a": 6, "c1": 9, "c2": 9}]
-    assert plan.partial_sql.count("count(*) AS") == 1  # identical aggregates share one piece
+    assert plan.partial_sql.count("count(*) AS __a") == 1  # identical aggregates share one piece
