@@ -56,6 +56,7 @@ from dataisland.v1 import (
 from policies.approvals import verify_approval, verify_template_approval
 from policies.checker import Verdict
 from policies.routing import required_departments
+from policies.sqlfront import ParseCache
 from policies.templates import parse_envelope_query
 
 log = logging.getLogger("dataisland.coordinator")
@@ -135,6 +136,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> None:
         self.attestor = attestor
         self.catalog = catalog
+        self.parse = ParseCache(catalog)
         self.authenticator = authenticator
         self.judge = judge
         self._standing_lock = threading.Lock()
@@ -175,7 +177,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 status=self._status(self._same(existing, digest))
             )
         try:
-            parsed = parse_envelope_query(checked, self.catalog)
+            parsed = parse_envelope_query(checked, self.parse)
         except DataislandError as exc:
             # Refused SQL is a decision too: logged (with an audit log) before it is answered.
             self.book.log_refusal(requester, request.envelope, exc)

@@ -32,8 +32,9 @@ from dataisland.v1 import common_pb2, enclave_pb2, enclave_pb2_grpc
 from enclave.admission import Admission
 from enclave.attestation import Attester
 from enclave.engine import DuckDBMergeEngine, Lockdown
-from enclave.planner import merge_partials, plan_query
+from enclave.planner import PlanCache, merge_partials
 from enclave.sealing import open_sealed
+from policies.sqlfront import ParseCache
 from policies.templates import parse_envelope_query
 
 
@@ -80,6 +81,8 @@ class Aggregator(enclave_pb2_grpc.AggregatorServiceServicer):
         self.attester = attester
         self.anchors = anchors
         self.catalog = catalog
+        self.parse = ParseCache(catalog)
+        self.plans = PlanCache(catalog)
         self.admission = admission
         self.max_result_rows = max_result_rows
         self.engine = DuckDBMergeEngine(lockdown)
@@ -146,8 +149,8 @@ class Aggregator(enclave_pb2_grpc.AggregatorServiceServicer):
     ) -> enclave_pb2.MergePartialsResponse:
         self.admission.coordinator(context, rpc="MergePartials")
         checked, _requester = self.admission.admit(request.envelope, once=True)
-        parsed = parse_envelope_query(checked, self.catalog)
-        plan = plan_query(parsed, self.catalog)
+        parsed = parse_envelope_query(checked, self.parse)
+        plan = self.plans.plan(parsed)
         expected_hash = query_hash(parsed.canonical_sql).hex()
         partials: dict[str, pa.Table] = {}
         thresholds: dict[str, int] = {}

@@ -36,12 +36,13 @@ from dataisland.rpc import guarded
 from dataisland.v1 import common_pb2, enclave_pb2, enclave_pb2_grpc
 from enclave.admission import Admission
 from enclave.attestation import Attester
-from enclave.planner import plan_query
+from enclave.planner import PlanCache
 from enclave.sealing import seal
 from enclave.shard import Shard
 from policies.approvals import ApprovalError, verify_approval, verify_template_approval
 from policies.checker import Verdict, check
 from policies.keeper import PolicyKeeper
+from policies.sqlfront import ParseCache
 from policies.templates import parse_envelope_query
 
 VERSIONS_KEYS = ("duckdb", "sqlglot")
@@ -107,6 +108,8 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
         self._runs_lock = threading.Lock()
         self._runs_used: dict[str, int] = {}
         self.catalog = catalog
+        self.parse = ParseCache(catalog)
+        self.plans = PlanCache(catalog)
         self.shard = shard
         self.query_timeout = query_timeout
         self.versions = dict(versions)
@@ -144,8 +147,8 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
     ) -> enclave_pb2.ExecutePartialResponse:
         self.admission.coordinator(context, rpc="ExecutePartial")
         checked, requester = self.admission.admit(request.envelope, once=True)
-        parsed = parse_envelope_query(checked, self.catalog)
-        plan = plan_query(parsed, self.catalog)
+        parsed = parse_envelope_query(checked, self.parse)
+        plan = self.plans.plan(parsed)
         if self.department not in plan.departments:
             raise PermissionDeniedError(
                 f"department {self.department} holds none of the tables {list(parsed.tables)}"

@@ -31,6 +31,8 @@ rows from two departments is refused, never answered approximately.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -302,6 +304,35 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
         partial_columns=tuple(partial_columns),
         group_columns=group_columns,
     )
+
+
+class PlanCache:
+    """`plan_query` against one service's catalog, remembering the plans of recent queries.
+
+    Keyed by the canonical SQL, which determines the plan for a fixed catalog; planning costs
+    about 5 ms, a lookup microseconds. Plans are immutable, so sharing them is safe.
+    """
+
+    def __init__(self, catalog: Catalog, size: int = 1024) -> None:
+        self.catalog = catalog
+        self._size = size
+        self._plans: OrderedDict[str, FederatedPlan] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def plan(self, parsed: ParsedQuery) -> FederatedPlan:
+        """The plan of `parsed`; raises as `plan_query` does."""
+        key = parsed.canonical_sql
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+                return plan
+        plan = plan_query(parsed, self.catalog)
+        with self._lock:
+            self._plans[key] = plan
+            if len(self._plans) > self._size:
+                self._plans.popitem(last=False)
+        return plan
 
 
 def _cell_condition(node: exp.Expr) -> str | None:

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 import sqlglot
 from sqlglot import exp
 
-from dataisland.catalog import Catalog
 from dataisland.envelopes import CheckedEnvelope
 from dataisland.errors import InvalidInputError, MalformedQueryError, UnsupportedQueryError
 from policies.document import ParameterType
-from policies.sqlfront import DIALECT, ParsedQuery, parse_query
+from policies.sqlfront import DIALECT, ParseCache, ParsedQuery, parse_query
 
 _SENTINEL = "__dataisland_parameter__:"
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
@@ -255,7 +254,7 @@ def bind_parameters(sql: str, values: Mapping[str, BindValue]) -> str:
     return tree.sql(dialect=DIALECT)
 
 
-def parse_envelope_query(checked: CheckedEnvelope, catalog: Catalog) -> ParsedQuery:
+def parse_envelope_query(checked: CheckedEnvelope, parse: ParseCache) -> ParsedQuery:
     """Parse the envelope's SQL, its parameters bound into the tree (never pasted as text).
 
     Raises:
@@ -273,4 +272,4 @@ def parse_envelope_query(checked: CheckedEnvelope, catalog: Catalog) -> ParsedQu
                 )
             values[param.name] = value
         sql = bind_parameters(sql, values)
-    return parse_query(sql, catalog=catalog)
+    return parse(sql)

@@ -18,7 +18,7 @@ from dataisland.errors import (
     UnsupportedQueryError,
 )
 from enclave.engine import DuckDBMergeEngine, EngineResult, Lockdown, run_partial
-from enclave.planner import FederatedPlan, MergeOutcome, merge_partials, plan_query
+from enclave.planner import FederatedPlan, MergeOutcome, PlanCache, merge_partials, plan_query
 from policies.sqlfront import parse_query
 
 CATALOG = {
@@ -396,3 +396,17 @@ def test_aggregates_differing_only_in_string_case_are_not_merged() -> None:
     ).result
     assert got.table.to_pylist() == [{"upper_a": 3, "lower_a": 6, "c1": 9, "c2": 9}]
     assert plan.partial_sql.count("count(*) AS __a") == 1  # identical aggregates share one piece
+
+
+def test_plan_cache_reuses_plans_by_canonical_sql_and_evicts_the_oldest() -> None:
+    cache = PlanCache(CATALOG, size=2)
+    first = parse_query("SELECT cat, count(*) FROM claims GROUP BY cat", catalog=CATALOG)
+    same = parse_query("select cat, COUNT(*) from claims group by cat", catalog=CATALOG)
+    assert first.canonical_sql == same.canonical_sql
+    plan = cache.plan(first)
+    assert cache.plan(same) is plan
+    assert plan == plan_query(first, CATALOG)
+    for sql in ("SELECT sum(n) FROM claims", "SELECT max(n) FROM claims"):
+        cache.plan(parse_query(sql, catalog=CATALOG))
+    assert cache.plan(first) is not plan  # evicted, planned again
+    assert cache.plan(first) == plan

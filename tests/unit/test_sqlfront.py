@@ -15,7 +15,7 @@ from dataisland.errors import (
     UnknownTableError,
     UnsupportedQueryError,
 )
-from policies.sqlfront import parse_query
+from policies.sqlfront import ParseCache, parse_query
 
 CATALOG = {
     "claims": TableInfo(
@@ -312,3 +312,14 @@ def test_fuzz_where_clauses_raise_only_project_errors(sql: str) -> None:
 def test_deeply_nested_text_is_malformed_not_a_crash() -> None:
     with pytest.raises(DataislandError):
         parse_query("SELECT " + "(" * 5000 + "1" + ")" * 5000 + " FROM claims")
+
+
+def test_parse_cache_answers_repeats_from_memory_and_refuses_every_time() -> None:
+    parse = ParseCache(CATALOG)
+    sql = "SELECT cat, count(*) FROM claims GROUP BY cat"
+    first = parse(sql)
+    assert parse(sql) is first
+    assert first == parse_query(sql, catalog=CATALOG)
+    for _ in range(2):
+        with pytest.raises(UnknownTableError):
+            parse("SELECT count(*) FROM secrets")
