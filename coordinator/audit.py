@@ -173,24 +173,53 @@ def submission_entry(
     )
 
 
+def partial_ref(partial: enclave_pb2.Partial) -> dict[str, object]:
+    """What the log keeps of one partial: the hash of its sealed bytes, the release parameters
+    it declared and the enclave's signature, enough to check the signature offline."""
+    return {
+        "department": partial.department,
+        "payload_hash": hashlib.sha256(partial.payload).hexdigest(),
+        "k": partial.k,
+        "policies": tuple(
+            {"department": d, "policy_hash": h} for d, h in sorted(partial.policy_hashes.items())
+        ),
+        "signature": _b64(partial.signature),
+    }
+
+
 def released_entry(
     submission: QueryEntry,
     *,
     opening: ResultOpening,
     decided_at: float,
     aggregator_signature: bytes | None = None,
+    partials: Sequence[dict[str, object]] = (),
 ) -> QueryEntry:
-    """The query entry appended when a result is released: the submission's fields plus the
+    """The query entry appended when a result is released: the submission's fields plus each
+    partial's hash and signature (`partial_ref`), the policies they were checked against, the
     result commitment and the aggregator's signature over the result statement
-    (dataisland.attestation.result_statement), when it signed."""
-    return submission.model_copy(
-        update={
+    (dataisland.attestation.result_statement), when it signed.
+
+    Raises:
+        MalformedEntryError: a field does not fit the entry format.
+    """
+    policies = {
+        (str(p["department"]), str(p["policy_hash"]))
+        for partial in partials
+        for p in partial["policies"]  # type: ignore[attr-defined]
+    }
+    fields = submission.model_dump()
+    fields.update(
+        {
+            "partials": tuple(sorted(partials, key=lambda p: str(p["department"]))),
+            "policies": tuple({"department": d, "policy_hash": h} for d, h in sorted(policies)),
             "result_commitment": opening.commitment().hex(),
             "aggregator_signature": _b64(aggregator_signature) if aggregator_signature else None,
             "decision": "released",
             "decided_at": _time(decided_at),
         }
     )
+    return QueryEntry.model_validate(fields)
 
 
 def failure_entry(
@@ -862,6 +891,7 @@ class AuditedBook(QueryBook):
                     opening=opening,
                     decided_at=now,
                     aggregator_signature=result.result_signature or None,
+                    partials=record.partial_refs,
                 )
             )
             self.audit.keep_opening(record.query_id, opening)

@@ -63,6 +63,9 @@ class QueryRecord:
     result: enclave_pb2.MergePartialsResponse | None = None
     # The aggregator evidence pinning the key that signed `result` (coordinator/attestation.py).
     aggregator_evidence: bytes = b""
+    # What the log records of each partial (coordinator/audit.py `partial_ref`): hashes and
+    # signatures, never the sealed bytes.
+    partial_refs: tuple[dict[str, object], ...] = ()
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
 

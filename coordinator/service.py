@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import grpc
 from cryptography import x509
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from coordinator.attestation import Attestor, verify_result
+from coordinator.audit import partial_ref
 from coordinator.book import FINAL_STATES, QueryBook, QueryRecord
 from coordinator.judge import Judge, reasons_to_proto, waiting_for
 from dataisland.approvals import TemplateApproval, is_template_approval
@@ -60,6 +62,10 @@ from policies.sqlfront import ParseCache
 from policies.templates import parse_envelope_query
 
 log = logging.getLogger("dataisland.coordinator")
+
+_Response = TypeVar("_Response")
+_CANCEL_CHECK = 0.05
+"""Seconds between checks for a cancel request while an enclave call runs."""
 
 DEFAULT_PAGE_SIZE = 1_000
 MAX_PAGE_SIZE = 10_000
@@ -472,10 +478,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         )
         merging = self.aggregator.MergePartials.future(merge, timeout=self._left(deadline))
         try:
-            while not merging.done():
-                self._check_cancelled(record, [merging])
-                time.sleep(0.01)
-            response: enclave_pb2.MergePartialsResponse = merging.result()
+            response = self._await(record, merging, deadline=deadline, node="the aggregator")
         except grpc.RpcError as exc:
             # A restarted aggregator or department has new keys: attest everyone afresh.
             for node in [aggregator.node, *record.departments]:
@@ -483,6 +486,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
             raise error_from_rpc(exc, node="the aggregator") from None
         verify_result(response, aggregator=aggregator, query_id=record.query_id)
         record.aggregator_evidence = aggregator.evidence
+        record.partial_refs = tuple(partial_ref(p) for p in partials)
         return response
 
     def _collect(
@@ -493,18 +497,29 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         deadline: float,
     ) -> enclave_pb2.Partial:
         try:
-            while not call.done():
-                self._check_cancelled(record, [call])
-                if self.clock() > deadline + 1:
-                    raise QueryDeadlineError(
-                        f"department {department} did not answer within the deadline"
-                    )
-                time.sleep(0.005)
-            response: enclave_pb2.ExecutePartialResponse = call.result()
+            response = self._await(record, call, deadline=deadline, node=f"department {department}")
         except grpc.RpcError as exc:
             self.attestor.forget(department)
             raise error_from_rpc(exc, node=f"department {department}") from None
         return response.partial
+
+    def _await(
+        self, record: QueryRecord, call: grpc.Future[_Response], *, deadline: float, node: str
+    ) -> _Response:
+        """The call's response the moment it arrives (no polling delay); a cancel request is
+        noticed within `_CANCEL_CHECK` seconds, and a node silent past the deadline is named.
+
+        Raises:
+            grpc.RpcError: the call failed.
+        """
+        while True:
+            self._check_cancelled(record, [call])
+            try:
+                return call.result(timeout=_CANCEL_CHECK)
+            except grpc.FutureTimeoutError:
+                if self.clock() > deadline + 1:
+                    call.cancel()
+                    raise QueryDeadlineError(f"{node} did not answer within the deadline") from None
 
     def _left(self, deadline: float) -> float:
         left = deadline - self.clock()

@@ -460,19 +460,22 @@ def partial_statement(
     department: str,
     query_id: str,
     query_hash: str,
-    ciphertext: bytes,
+    ciphertext_sha256: str,
     k: int,
     policy_hashes: Mapping[str, str],
 ) -> bytes:
     """What a department enclave signs for one sealed partial: RFC 8785 JSON binding
-    SHA-256(ciphertext) to the query and to the release parameters that travel beside it."""
+    SHA-256(ciphertext) to the query and to the release parameters that travel beside it.
+
+    It takes the ciphertext's hash, not the ciphertext, so that an auditor can check the
+    signature from the log, which keeps the hash and never the sealed bytes."""
     return canonical_json(
         {
             "format": PARTIAL_FORMAT,
             "department": department,
             "query_id": query_id,
             "query_hash": query_hash,
-            "ciphertext_sha256": hashlib.sha256(ciphertext).hexdigest(),
+            "ciphertext_sha256": ciphertext_sha256,
             "k": k,
             "policy_hashes": dict(policy_hashes),
         }

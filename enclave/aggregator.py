@@ -15,6 +15,8 @@ key. The release rules, HAVING, ORDER BY and LIMIT run in the merge plan (enclav
 
 from __future__ import annotations
 
+import hashlib
+
 import grpc
 import pyarrow as pa
 
@@ -127,7 +129,7 @@ class Aggregator(enclave_pb2_grpc.AggregatorServiceServicer):
             department=department,
             query_id=partial.query_id,
             query_hash=partial.query_hash,
-            ciphertext=partial.payload,
+            ciphertext_sha256=hashlib.sha256(partial.payload).hexdigest(),
             k=partial.k,
             policy_hashes=dict(partial.policy_hashes),
         )

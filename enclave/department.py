@@ -20,6 +20,7 @@ the policy hashes). This module does not merge or release anything.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
@@ -203,7 +204,7 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
             department=self.department,
             query_id=request.query_id,
             query_hash=digest,
-            ciphertext=ciphertext,
+            ciphertext_sha256=hashlib.sha256(ciphertext).hexdigest(),
             k=k,
             policy_hashes=policy_hashes,
         )

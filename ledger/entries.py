@@ -118,10 +118,14 @@ class ApprovalRef(_Record):
 
 
 class PartialRef(_Record):
-    """One department's partial: the hash of its sealed payload and the enclave's signature."""
+    """One department's partial: the hash of its sealed payload, the release parameters it
+    declared (its k and the policies it checked) and the enclave's signature over all of them
+    (`dataisland.attestation.partial_statement`), which an auditor checks from the log."""
 
     department: Name
     payload_hash: Hex32
+    k: Count
+    policies: tuple[PolicyRef, ...]
     signature: B64
 
 

@@ -25,7 +25,7 @@ keys and the other packages' formats.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +100,7 @@ def verify_export(
     trusted_keys: Sequence[str] | None,
     quorum: int,
     parse_entries: bool,
+    check_entry: Callable[[int, bytes], None] | None = None,
 ) -> ExportReport:
     """Verify an export directory completely, offline.
 
@@ -109,6 +110,10 @@ def verify_export(
             use the export's own `keys` file (self-consistency only).
         quorum: how many distinct witnesses must cosign every checkpoint.
         parse_entries: also require every entry to parse as a dataisland entry.
+        check_entry: called with each entry's index and bytes once it matches its tile hash,
+            in log order (ledger/signatures.py checks signatures this way); it raises
+            VerificationError to fail the export. It parses the entry itself, so
+            `parse_entries` is not applied when it is given.
 
     Returns:
         What was verified.
@@ -172,7 +177,9 @@ def verify_export(
                     "(altered, dropped, reordered or inserted)",
                     index=index,
                 )
-            if parse_entries:
+            if check_entry is not None:
+                check_entry(index, data)
+            elif parse_entries:
                 try:
                     Entry.from_bytes(data)
                 except DataislandError as e:

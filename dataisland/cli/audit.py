@@ -4,7 +4,8 @@
 - `audit export DIR OUT`: a C2SP tlog-tiles export plus the checkpoint history and a keys file,
   from the running coordinator (AuditService, as an auditor) or, when the federation is stopped,
   straight from its log directory;
-- `audit verify OUT`: `ledger.verify.verify_export`, offline; exits 1 naming the first bad index;
+- `audit verify OUT`: `ledger.verify.verify_export`, offline, and with `--federation` every enclave
+  signature in the entries (`ledger.signatures`); exits 1 naming the first bad index;
 - `audit receipt QUERY_ID`: the requester's receipt (AuditService.GetReceipt) as a JSON file;
 - `audit verify-receipt FILE`: `ledger.receipt.verify_receipt` with the federation file's keys.
 
@@ -25,6 +26,7 @@ import click
 import grpc
 from rich.table import Table
 
+from dataisland.attestation import TrustAnchors
 from dataisland.cli.app import console, err_console, friendly_errors, main
 from dataisland.cli.witness import default_quorum
 from dataisland.errors import ConfigError, DataislandError
@@ -40,6 +42,7 @@ from ledger.errors import LedgerError, StorageError, VerificationError
 from ledger.merkle import MerkleTree, hash_leaf
 from ledger.note import SIG_TYPE_COSIGNATURE_V1, Ed25519Verifier, Note
 from ledger.receipt import Receipt, ReceiptEntry, ReceiptReport, verify_receipt
+from ledger.signatures import SignatureChecker
 from ledger.storage import LogStorage
 from ledger.tiles import write_export
 from ledger.verify import verify_export
@@ -310,18 +313,26 @@ def verify_command(out: Path, quorum: int | None, directory: Path | None) -> Non
     """Verify an export OUT offline; exit 1 naming the first bad index and why."""
     try:
         trusted: list[str] | None = None
+        signatures: SignatureChecker | None = None
         if directory is not None:
             federation = _federation(directory)
             assert federation.log is not None
             log_key, witnesses = federation_keys(federation)
             trusted = [log_key.to_vkey(), *(w.to_vkey() for w in witnesses)]
             quorum = quorum or federation.log.quorum
+            signatures = SignatureChecker(TrustAnchors.from_federation(federation))
         if quorum is None:
             keys_file = out / "keys"
             keys = keys_file.read_text(encoding="utf-8").split() if keys_file.is_file() else []
             count = sum(1 for k in keys if _is_witness_key(k))
             quorum = default_quorum(count) if count else 1
-        report = verify_export(out, trusted_keys=trusted, quorum=quorum, parse_entries=True)
+        report = verify_export(
+            out,
+            trusted_keys=trusted,
+            quorum=quorum,
+            parse_entries=True,
+            check_entry=signatures.check if signatures else None,
+        )
     except VerificationError as exc:
         where = f"index {exc.index}" if exc.index is not None else "export"
         err_console.print(f"[bold red]FAILED[/] at {where}: {exc.reason}")
@@ -342,6 +353,17 @@ def verify_command(out: Path, quorum: int | None, directory: Path | None) -> Non
     console.print(
         "[green]verified[/]: every entry, tile, checkpoint signature, quorum and consistency"
     )
+    if signatures is None:
+        console.print(
+            "[yellow]enclave signatures not checked[/]: pass --federation to check them "
+            "against the pinned vendor root and reference measurements"
+        )
+    else:
+        console.print(
+            f"[green]verified[/]: {signatures.attestations} attestations, "
+            f"{signatures.results} released results signed by the attested aggregator, "
+            f"{signatures.partials} partials signed by attested department enclaves"
+        )
 
 
 def _is_witness_key(vkey: str) -> bool:

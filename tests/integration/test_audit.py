@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -135,6 +136,20 @@ def test_export_verifies_and_tampering_names_the_index(
     assert result.exit_code == 0, result.output
     result = cli("audit", "verify", str(out), "--federation", str(federation_dir))
     assert result.exit_code == 0, result.output
+    # Every released result and partial is signed by an enclave the log attested.
+    counts = re.search(
+        r"(\d+) attestations, (\d+) released results signed by the attested aggregator, "
+        r"(\d+) partials signed",
+        " ".join(result.output.split()),
+    )
+    assert counts is not None, result.output
+    attestations, results, partials = (int(g) for g in counts.groups())
+    assert attestations >= 4
+    assert results >= 3
+    assert partials >= 3 * 3
+    without = cli("audit", "verify", str(out))
+    assert without.exit_code == 0, without.output
+    assert "enclave signatures not checked" in " ".join(without.output.split())
     assert (out / "checkpoint").is_file()
     assert (out / "keys").read_text().count("\n") == 5
     assert size >= 4

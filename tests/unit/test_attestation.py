@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -401,7 +402,7 @@ def test_a_partial_with_a_bad_signature_is_refused() -> None:
         department="qingpu",
         query_id="q",
         query_hash="h",
-        ciphertext=b"sealed",
+        ciphertext_sha256=hashlib.sha256(b"sealed").hexdigest(),
         k=5,
         policy_hashes={"qingpu": "p"},
     )

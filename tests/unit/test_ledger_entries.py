@@ -54,7 +54,15 @@ def sample_entries() -> list[Entry]:
             issued_at=T,
             policies=({"department": "d1", "policy_hash": H},),  # type: ignore[arg-type]
             approvals=(),
-            partials=({"department": "d1", "payload_hash": H, "signature": SIG},),  # type: ignore[arg-type]
+            partials=(
+                {
+                    "department": "d1",
+                    "payload_hash": H,
+                    "k": 5,
+                    "policies": ({"department": "d1", "policy_hash": H},),
+                    "signature": SIG,
+                },
+            ),  # type: ignore[arg-type]
             result_commitment=H,
             aggregator_signature=SIG,
             suppressed_commitment=H,

@@ -1,0 +1,137 @@
+"""Checks every enclave signature the log's entries carry, with keys the log itself attested.
+
+An auditor holding an export and the federation file (the pinned vendor root and the reference
+measurements) can check, offline, that each released result was signed by an attested
+aggregator and each partial by an attested department enclave: walking the entries in order,
+an attestation entry's evidence is verified as the coordinator verified it (at its
+`verified_at`) and pins that enclave's signing key; a released query entry must then carry the
+aggregator's signature over its result statement and, for every partial, that department's
+signature over its partial statement, each verifying with a key pinned by an earlier entry.
+Any key attested earlier for the node is accepted, since an enclave restarted mid-query signs
+with the key of the attestation before its restart.
+
+This module does not: check the tree or checkpoints (ledger/verify.py does, and calls this
+per entry), or check requesters' and officers' signatures (their certificates are not in the
+log).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from dataisland.attestation import (
+    AttestationError,
+    TrustAnchors,
+    partial_statement,
+    result_statement,
+)
+from dataisland.canonical.envelope import parse_rfc3339
+from dataisland.errors import DataislandError
+from ledger.entries import AttestationEntry, Entry, QueryEntry
+from ledger.errors import VerificationError
+
+
+@dataclass
+class SignatureChecker:
+    """Feed it every entry in log order; it raises at the first signature that fails.
+
+    Attributes:
+        anchors: the federation's pinned vendor root and reference values.
+        attestations, partials, results: how many of each were checked.
+    """
+
+    anchors: TrustAnchors
+    attestations: int = 0
+    partials: int = 0
+    results: int = 0
+    _keys: dict[tuple[str, str], list[Ed25519PublicKey]] = field(default_factory=dict)
+
+    def check(self, index: int, data: bytes) -> None:
+        """Parse the entry at `index` and check the signatures it carries.
+
+        Raises:
+            VerificationError: the entry does not parse, its evidence does not verify, or a
+                signature is missing or does not verify with any key attested before it.
+        """
+        try:
+            entry = Entry.from_bytes(data)
+        except DataislandError as e:
+            raise VerificationError(f"not a valid entry: {e}", index=index) from None
+        if isinstance(entry, AttestationEntry):
+            self._attestation(index, entry)
+        elif isinstance(entry, QueryEntry) and entry.decision == "released":
+            self._released(index, entry)
+
+    def _attestation(self, index: int, entry: AttestationEntry) -> None:
+        try:
+            attested = self.anchors.verify(
+                base64.b64decode(entry.evidence),
+                node=entry.subject,
+                role=entry.role,
+                now=parse_rfc3339(entry.verified_at),
+            )
+        except AttestationError as e:
+            raise VerificationError(
+                f"the attestation evidence of {entry.subject} does not verify: {e}", index=index
+            ) from None
+        self._keys.setdefault((entry.role, entry.subject), []).append(attested.signing_key)
+        self.attestations += 1
+
+    def _released(self, index: int, entry: QueryEntry) -> None:
+        if entry.aggregator_signature is None or entry.result_commitment is None:
+            raise VerificationError(
+                "a released result without the aggregator's signature", index=index
+            )
+        if not entry.partials:
+            raise VerificationError("a released result without its partials", index=index)
+        statement = result_statement(
+            query_id=entry.query_id,
+            query_hash=entry.query_hash,
+            result_commitment=bytes.fromhex(entry.result_commitment),
+        )
+        keys = [k for (role, _), ks in self._keys.items() if role == "aggregator" for k in ks]
+        self._signed(index, keys, statement, entry.aggregator_signature, "the released result")
+        for partial in entry.partials:
+            statement = partial_statement(
+                department=partial.department,
+                query_id=entry.query_id,
+                query_hash=entry.query_hash,
+                ciphertext_sha256=partial.payload_hash,
+                k=partial.k,
+                policy_hashes={p.department: p.policy_hash for p in partial.policies},
+            )
+            keys = self._keys.get(("department", partial.department), [])
+            self._signed(
+                index, keys, statement, partial.signature, f"the partial of {partial.department}"
+            )
+            self.partials += 1
+        self.results += 1
+
+    @staticmethod
+    def _signed(
+        index: int, keys: list[Ed25519PublicKey], statement: bytes, signature: str, what: str
+    ) -> None:
+        if not keys:
+            raise VerificationError(
+                f"{what} is signed, but no attestation of its enclave comes before it",
+                index=index,
+            )
+        try:
+            raw = base64.b64decode(signature, validate=True)
+        except binascii.Error:
+            raise VerificationError(f"the signature of {what} is not base64", index=index) from None
+        for key in reversed(keys):  # the latest attestation is the likeliest signer
+            try:
+                key.verify(raw, statement)
+            except InvalidSignature:
+                continue
+            return
+        raise VerificationError(
+            f"the signature of {what} does not verify with any key attested before it",
+            index=index,
+        )
