@@ -35,9 +35,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import http.client
 import logging
-import ssl
 import threading
 import time
 import uuid
@@ -45,7 +43,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from coordinator.book import QueryBook, QueryRecord
@@ -64,6 +61,7 @@ from ledger.entries import (
     ApprovalEntry,
     DenialEntry,
     Entry,
+    ExecutionReportEntry,
     FailureEntry,
     OfficerSignature,
     PolicyActivationEntry,
@@ -79,6 +77,7 @@ from ledger.note import (
     NoteSignature,
 )
 from ledger.storage import LogStorage, LogWriter
+from ledger.witness_client import PUSH_BYTES, WitnessClient, WitnessError, decode_lines
 from policies.document import Policy
 from policies.signing import decode_signatures
 
@@ -86,7 +85,11 @@ log = logging.getLogger("dataisland.coordinator.audit")
 
 CHECKPOINT_INTERVAL = 0.5
 """Seconds between checkpoint attempts (a checkpoint is made only when the log grew)."""
-WITNESS_TIMEOUT = 5.0
+REFRESH_SECONDS = 2.0
+"""An idle log is re-cosigned this often, so a restarted enclave soon finds a checkpoint that a
+quorum cosigned after it started (it rebuilds its state against one)."""
+CATCH_UP_ENTRIES = 1_000
+"""Most entries pushed to a witness's replica in one request."""
 MAX_OPENINGS = 100_000
 """Openings kept in memory for receipts (oldest dropped first)."""
 
@@ -298,93 +301,6 @@ def denial_entry(
 
 
 # ---------------------------------------------------------------------------------------------
-# witnesses
-# ---------------------------------------------------------------------------------------------
-
-
-class _TLSConnection(http.client.HTTPConnection):
-    """HTTP over TLS that checks the server's name against `server_name`, not the dialled host."""
-
-    def __init__(
-        self, host: str, port: int, *, context: ssl.SSLContext, server_name: str, timeout: float
-    ) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self._tls = context
-        self._server_name = server_name
-
-    def connect(self) -> None:
-        super().connect()
-        self.sock = self._tls.wrap_socket(self.sock, server_hostname=self._server_name)
-
-
-class WitnessClient:
-    """A tlog-witness client for one witness, over mutual TLS.
-
-    Args:
-        name: the witness's name in the federation file.
-        address: HOST:PORT.
-        server_name: the DNS SAN its certificate must carry.
-        ca: the CA certificate file that issued it.
-        certificate, key: our own TLS certificate and key files (the coordinator's).
-        verifier: the witness's cosignature key.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str,
-        address: str,
-        server_name: str,
-        ca: Path,
-        certificate: Path,
-        key: Path,
-        verifier: Ed25519Verifier,
-        timeout: float = WITNESS_TIMEOUT,
-    ) -> None:
-        self.name = name
-        host, _, port = address.rpartition(":")
-        self.host, self.port = host.strip("[]"), int(port)
-        self.server_name = server_name
-        self.verifier = verifier
-        self.timeout = timeout
-        try:
-            context = ssl.create_default_context(cafile=str(ca))
-            context.load_cert_chain(certificate, key)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"TLS files for witness {name}: {exc}") from None
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.context = context
-
-    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        """One HTTPS request; returns the status and body.
-
-        Raises:
-            OSError, ssl.SSLError, http.client.HTTPException: the exchange failed.
-        """
-        conn = _TLSConnection(
-            self.host,
-            self.port,
-            context=self.context,
-            server_name=self.server_name,
-            timeout=self.timeout,
-        )
-        try:
-            headers = {"Content-Type": "text/plain; charset=utf-8"} if body is not None else {}
-            conn.request(method, path, body=body, headers=headers)
-            response = conn.getresponse()
-            return response.status, response.read(1 << 20)
-        finally:
-            conn.close()
-
-    def add_checkpoint(
-        self, *, old_size: int, proof: Sequence[bytes], note: bytes
-    ) -> tuple[int, bytes]:
-        """POST /add-checkpoint; returns the HTTP status and body."""
-        head = f"old {old_size}\n" + "".join(_b64(h) + "\n" for h in proof)
-        return self.request("POST", "/add-checkpoint", (head + "\n").encode() + note)
-
-
-# ---------------------------------------------------------------------------------------------
 # the keeper
 # ---------------------------------------------------------------------------------------------
 
@@ -422,6 +338,10 @@ class AuditLog:
     ) -> None:
         if not 1 <= quorum <= len(witnesses):
             raise ConfigError(f"quorum {quorum} does not fit {len(witnesses)} witnesses")
+        verifiers = [w.verifier for w in witnesses]
+        if any(v is None for v in verifiers):
+            raise ConfigError("every witness needs its cosignature key")
+        self._verifiers = [v for v in verifiers if v is not None]
         self.storage = storage
         self.signer = signer
         self.origin = signer.name
@@ -436,11 +356,17 @@ class AuditLog:
         self._openings: OrderedDict[str, ResultOpening] = OrderedDict()
         self._submissions: dict[str, QueryEntry] = {}
         self._owners: dict[str, str] = {}
+        self._reports: set[str] = set()
+        self._report_lock = threading.Lock()
         for index, data in enumerate(storage.entries()):
             self._index(index, data)
         latest = self._latest_size()
-        # Where each witness stood when we last heard; corrected by its 409 answers.
+        # Where each witness stood when we last heard: the size it last cosigned and the size
+        # of its replica; corrected by its 409 and 412 answers.
         self._known = {w.name: max(latest, 0) for w in self.witnesses}
+        self._replicas = dict(self._known)
+        self._cosigned_at = 0.0
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=len(self.witnesses), thread_name_prefix="wit")
         self._thread: threading.Thread | None = None
@@ -495,6 +421,8 @@ class AuditLog:
             self._note(index, entry)
 
     def _note(self, index: int, entry: Entry) -> None:
+        if isinstance(entry, ExecutionReportEntry):
+            self._reports.add(entry.report_id)
         query_id = getattr(entry, "query_id", None)
         if not isinstance(query_id, str):
             return
@@ -576,21 +504,91 @@ class AuditLog:
         self._thread = threading.Thread(target=self._loop, name="checkpointer", daemon=True)
         self._thread.start()
 
+    def request_checkpoint(self) -> None:
+        """Checkpoint now rather than at the next interval (a run intent waits for one)."""
+        self._wake.set()
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
+                self.collect_reports()
                 self.checkpoint_once()
             except Exception:
                 log.exception("checkpointing failed; retrying")
 
+    def collect_reports(self) -> int:
+        """Log the execution reports enclaves made to their witnesses that are not logged yet.
+
+        An enclave reports each execution to its own node's witness before its partial leaves;
+        the witnesses refuse to cosign checkpoints that leave a report out too long. Fetching
+        them here, rather than trusting each query's fan-out to pass them on, means a
+        coordinator that crashed mid-query still logs every execution once it is back.
+
+        Returns:
+            How many reports were appended.
+        """
+        found: list[bytes] = []
+        for witness in self.witnesses:
+            try:
+                status, body = witness.execution_reports()
+                items = decode_lines(body) if status == 200 else []
+            except (*WitnessError, ValueError) as exc:
+                log.warning("witness %s: execution reports unavailable: %s", witness.name, exc)
+                continue
+            for data in items:
+                try:
+                    ExecutionReportEntry.from_bytes(data)
+                except LedgerError:
+                    log.warning("witness %s passed on a malformed execution report", witness.name)
+                    continue
+                found.append(data)
+        try:
+            return self.log_reports(found)
+        except DataislandError as exc:
+            log.warning("execution reports could not be logged: %s", exc)
+            return 0
+
+    def log_reports(self, reports: Sequence[bytes]) -> int:
+        """Append the execution reports not logged yet, durably, once each.
+
+        Returns:
+            How many were appended.
+
+        Raises:
+            MalformedEntryError: a report is not an execution report entry (none is appended).
+            EntryTooLargeError, StorageError: they could not be appended.
+        """
+        parsed = [ExecutionReportEntry.from_bytes(data) for data in reports]
+        with self._report_lock:
+            with self._lock:
+                fresh = {r.report_id: r for r in parsed if r.report_id not in self._reports}
+            if not fresh:
+                return 0
+            data = [r.to_bytes() for r in fresh.values()]
+            first = self.writer.append_many(data)
+            with self._lock:
+                for offset, report in enumerate(fresh.values()):
+                    self._note(first + offset, report)
+                self._lock.notify_all()
+        return len(fresh)
+
     def checkpoint_once(self) -> bool:
         """Sign a checkpoint of the current size and record it if a quorum cosigns it.
 
+        A log that did not grow (the empty log included) is re-cosigned every
+        `REFRESH_SECONDS`, so that a restarted enclave finds a checkpoint cosigned after it
+        started. Every quorum checkpoint goes to every witness, which hands it to its enclave.
+
         Returns:
-            Whether a new checkpoint was recorded.
+            Whether a new checkpoint was recorded or refreshed.
         """
         size = self.storage.size
-        if size == 0 or size == self._latest_size():
+        latest = self._latest_size()
+        if size == latest and self.clock() - self._cosigned_at < REFRESH_SECONDS:
             return False
         checkpoint = Checkpoint(self.origin, size, self.storage.root(size))
         note = sign_checkpoint(checkpoint, signer=self.signer)
@@ -609,17 +607,82 @@ class AuditLog:
             cosigned,
             origin=self.origin,
             log_verifier=self.log_verifier,
-            witness_verifiers=[w.verifier for w in self.witnesses],
+            witness_verifiers=self._verifiers,
             quorum=self.quorum,
         )
-        self.storage.append_checkpoint(cosigned)
+        if size > latest:
+            self.storage.append_checkpoint(cosigned)
+        self._cosigned_at = self.clock()
         with self._lock:
             self._lock.notify_all()
+        for future in [self._pool.submit(self._publish, w, cosigned) for w in self.witnesses]:
+            future.result()
         return True
+
+    def _publish(self, witness: WitnessClient, note: bytes) -> None:
+        try:
+            status, body = witness.publish_quorum_checkpoint(note)
+        except WitnessError as exc:
+            log.warning("witness %s unreachable: %s", witness.name, exc)
+            return
+        if status != 200:
+            log.warning(
+                "witness %s refused the quorum checkpoint: %d %s",
+                witness.name,
+                status,
+                body[:200].decode("utf-8", "replace").strip(),
+            )
+
+    def _push(self, witness: WitnessClient, note: bytes, checkpoint: Checkpoint) -> bool:
+        """Bring the witness's replica to `checkpoint`, in pieces with intermediate
+        checkpoints when it is far behind. Returns whether it got there."""
+        for _ in range(1_000_000):
+            have = self._replicas.get(witness.name, 0)
+            if have > checkpoint.size:
+                log.error(
+                    "witness %s holds %d entries, beyond the log's %d: the log lost entries",
+                    witness.name,
+                    have,
+                    checkpoint.size,
+                )
+                return False
+            if have == checkpoint.size:
+                return True
+            entries: list[bytes] = []
+            total = 0
+            for data in self.storage.entries(have, checkpoint.size):
+                entries.append(data)
+                total += len(data)
+                if len(entries) >= CATCH_UP_ENTRIES or total >= PUSH_BYTES:
+                    break
+            end = have + len(entries)
+            step = (
+                note
+                if end == checkpoint.size
+                else sign_checkpoint(
+                    Checkpoint(self.origin, end, self.storage.root(end)), signer=self.signer
+                )
+            )
+            try:
+                status, body = witness.push_entries(start=have, entries=entries, note=step)
+            except WitnessError as exc:
+                log.warning("witness %s unreachable: %s", witness.name, exc)
+                return False
+            text = body.decode("ascii", "replace").strip()
+            if status in (200, 409) and text.isdigit():
+                self._replicas[witness.name] = int(text)
+                continue
+            log.warning(
+                "witness %s refused entries from %d: %d %s", witness.name, have, status, text[:200]
+            )
+            return False
+        return False
 
     def _cosign(
         self, witness: WitnessClient, note: bytes, checkpoint: Checkpoint
     ) -> NoteSignature | None:
+        if not self._push(witness, note, checkpoint):
+            return None
         old = self._known.get(witness.name, 0)
         for _ in range(3):
             if old > checkpoint.size:
@@ -633,15 +696,19 @@ class AuditLog:
             proof = self.storage.consistency_proof(old, checkpoint.size)
             try:
                 status, body = witness.add_checkpoint(old_size=old, proof=proof, note=note)
-            except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+            except WitnessError as exc:
                 log.warning("witness %s unreachable: %s", witness.name, exc)
                 return None
-            if status == 409:
-                text = body.decode("ascii", "replace").strip()
-                if not text.isdigit():
-                    return None
+            text = body.decode("ascii", "replace").strip()
+            if status == 409 and text.isdigit():
                 old = int(text)
                 self._known[witness.name] = old
+                continue
+            if status == 412 and text.isdigit():
+                # Its replica is behind (a restarted witness): push, then try again.
+                self._replicas[witness.name] = int(text)
+                if not self._push(witness, note, checkpoint):
+                    return None
                 continue
             if status != 200:
                 log.warning(
@@ -649,7 +716,7 @@ class AuditLog:
                     witness.name,
                     checkpoint.size,
                     status,
-                    body[:200].decode("utf-8", "replace").strip(),
+                    text[:200],
                 )
                 return None
             return self._accept(witness, body, checkpoint)
@@ -659,13 +726,15 @@ class AuditLog:
         self, witness: WitnessClient, body: bytes, checkpoint: Checkpoint
     ) -> NoteSignature | None:
         text = checkpoint.to_text()
+        verifier = witness.verifier
+        assert isinstance(verifier, Ed25519Verifier)
         try:
             for line in body.decode("utf-8").splitlines():
                 sig = NoteSignature.from_line(line)
                 if (
-                    sig.name == witness.verifier.name
-                    and sig.key_id == witness.verifier.key_id
-                    and witness.verifier.verify(text, sig.signature)
+                    sig.name == verifier.name
+                    and sig.key_id == verifier.key_id
+                    and verifier.verify(text, sig.signature)
                 ):
                     self._known[witness.name] = checkpoint.size
                     return sig
@@ -673,6 +742,30 @@ class AuditLog:
             pass
         log.warning("witness %s answered without a valid cosignature", witness.name)
         return None
+
+    # -- run intents --------------------------------------------------------------------------
+
+    def log_intents(
+        self, entries: Sequence[Entry], *, timeout: float
+    ) -> tuple[bytes, list[tuple[int, list[bytes]]]]:
+        """Append run intents and wait until a quorum-cosigned checkpoint covers them.
+
+        Returns:
+            That checkpoint and, per entry, its index and inclusion proof in it.
+
+        Raises:
+            EntryTooLargeError, StorageError: an entry could not be appended.
+            NodeUnavailableError: no quorum cosigned a covering checkpoint within `timeout`.
+        """
+        indexes = [self.append(entry) for entry in entries]
+        self.request_checkpoint()
+        note = self.wait_for_checkpoint(max(indexes) + 1, timeout)
+        if note is None:
+            raise NodeUnavailableError(
+                "no checkpoint cosigned by a quorum of witnesses covers the run intents in time"
+            )
+        size = Checkpoint.from_text(Note.from_bytes(note).text).size
+        return note, [(i, self.storage.inclusion_proof(i, size)) for i in indexes]
 
     def wait_for_checkpoint(self, size: int, timeout: float) -> bytes | None:
         """Wait until a recorded checkpoint covers `size` entries; return it (None on timeout)."""
@@ -717,9 +810,12 @@ class AuditLog:
     def close(self) -> None:
         """Stop checkpointing, finish queued appends, release the log directory."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
         self._pool.shutdown(wait=True)
+        for witness in self.witnesses:
+            witness.close()
         self.writer.close()
         self.storage.close()
 
@@ -918,6 +1014,31 @@ class AuditedBook(QueryBook):
                     failed_at=now,
                 )
             )
+
+    def log_reports(self, reports: Sequence[bytes]) -> None:
+        """Log a query's execution reports (`AuditLog.log_reports`) before its result is released.
+
+        Raises:
+            NodeUnavailableError: they could not be logged (the query fails; the reports stay
+                with the witnesses, and the checkpointer logs them later).
+        """
+        try:
+            self.audit.log_reports(reports)
+        except DataislandError as exc:
+            raise logged_or_unavailable(exc) from None
+
+    def log_intents(
+        self, entries: Sequence[Entry], *, timeout: float
+    ) -> tuple[bytes, list[tuple[int, list[bytes]]]]:
+        """Log run intents and wait for a quorum checkpoint covering them (`AuditLog.log_intents`).
+
+        Raises:
+            NodeUnavailableError: they could not be logged or cosigned in time.
+        """
+        try:
+            return self.audit.log_intents(entries, timeout=timeout)
+        except DataislandError as exc:
+            raise logged_or_unavailable(exc) from None
 
     def log_refusal(
         self, requester: str, signed: common_pb2.SignedEnvelope, error: DataislandError

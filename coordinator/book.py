@@ -14,16 +14,18 @@ It does no I/O; the clock is passed in.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from dataisland.errors import (
     DataislandError,
+    ExecutionError,
     NotFoundError,
     PermissionDeniedError,
     ResourceLimitError,
 )
 from dataisland.v1 import common_pb2, coordinator_pb2, enclave_pb2
+from ledger.entries import Entry
 
 FINAL_STATES = frozenset(
     {
@@ -200,6 +202,20 @@ class QueryBook:
     ) -> None:
         """Record SQL refused before it became a query; a book without an audit log keeps
         nothing (coordinator.audit.AuditedBook logs it)."""
+
+    def log_reports(self, reports: Sequence[bytes]) -> None:
+        """Log the enclaves' execution reports of a query (coordinator.audit.AuditedBook); a
+        book without an audit log keeps nothing."""
+
+    def log_intents(
+        self, entries: Sequence[Entry], *, timeout: float
+    ) -> tuple[bytes, list[tuple[int, list[bytes]]]]:
+        """Log run intents under a checkpoint a quorum cosigned (coordinator.audit.AuditedBook).
+
+        Raises:
+            ExecutionError: always, here: approved queries run only with an audit log.
+        """
+        raise ExecutionError("approved queries need the audit log: their runs are logged first")
 
     def unfinished(self) -> list[QueryRecord]:
         """Every query still running or pending."""

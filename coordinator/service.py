@@ -38,6 +38,7 @@ from dataisland.catalog import Catalog
 from dataisland.envelopes import APPROVAL_WINDOW, check_signed_envelope
 from dataisland.errors import (
     DataislandError,
+    ExecutionError,
     InvalidInputError,
     NodeUnavailableError,
     PermissionDeniedError,
@@ -55,6 +56,8 @@ from dataisland.v1 import (
     enclave_pb2,
     enclave_pb2_grpc,
 )
+from ledger.entries import RunIntentEntry
+from ledger.errors import LedgerError
 from policies.approvals import verify_approval, verify_template_approval
 from policies.checker import Verdict
 from policies.routing import required_departments
@@ -456,19 +459,24 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                     f"department {department} has no enclave address configured"
                 )
             evidence[department] = self.attestor.department(department).evidence
-        request = enclave_pb2.ExecutePartialRequest(
-            query_id=record.query_id,
-            envelope=record.envelope,
-            approvals=list(record.approvals.values()),
-            aggregator_evidence=aggregator.evidence,
-        )
+        intents = self._declare_runs(record, deadline) if record.approvals else {}
         calls: dict[str, grpc.Future[enclave_pb2.ExecutePartialResponse]] = {}
         for department in record.departments:
+            request = enclave_pb2.ExecutePartialRequest(
+                query_id=record.query_id,
+                envelope=record.envelope,
+                approvals=list(record.approvals.values()),
+                aggregator_evidence=aggregator.evidence,
+                intent=intents.get(department),
+            )
             stub = self.enclaves[department]
             calls[department] = stub.ExecutePartial.future(request, timeout=self._left(deadline))
-        partials = [
+        answers = [
             self._collect(record, department, call, deadline) for department, call in calls.items()
         ]
+        # Every execution is in the log before anything of its result can be released.
+        self.book.log_reports([a.execution_report for a in answers])
+        partials = [a.partial for a in answers]
         self._check_cancelled(record, calls.values())
         merge = enclave_pb2.MergePartialsRequest(
             query_id=record.query_id,
@@ -489,19 +497,48 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         record.partial_refs = tuple(partial_ref(p) for p in partials)
         return response
 
-    def _collect(
-        self,
-        record: QueryRecord,
-        department: str,
-        call: grpc.Future[enclave_pb2.ExecutePartialResponse],
-        deadline: float,
-    ) -> enclave_pb2.Partial:
+    def _declare_runs(
+        self, record: QueryRecord, deadline: float
+    ) -> dict[str, enclave_pb2.LoggedIntent]:
+        """For an approved query: each approving department's enclave declares the run, the
+        intents are logged under a quorum checkpoint, and each enclave gets its own back with
+        the proof (it releases nothing before)."""
+        request = enclave_pb2.DeclareRunRequest(
+            query_id=record.query_id,
+            envelope=record.envelope,
+            approvals=list(record.approvals.values()),
+        )
+        departments = [d for d in record.departments if d in record.approvals]
+        calls = {
+            d: self.enclaves[d].DeclareRun.future(request, timeout=self._left(deadline))
+            for d in departments
+        }
+        declared = {d: self._collect(record, d, call, deadline).intent for d, call in calls.items()}
         try:
-            response = self._await(record, call, deadline=deadline, node=f"department {department}")
+            entries = [RunIntentEntry.from_bytes(declared[d]) for d in departments]
+        except LedgerError:
+            raise ExecutionError("a department enclave declared a malformed run intent") from None
+        note, proofs = self.book.log_intents(entries, timeout=self._left(deadline))
+        return {
+            d: enclave_pb2.LoggedIntent(
+                entry=declared[d], index=index, inclusion_proof=proof, checkpoint=note
+            )
+            for d, (index, proof) in zip(departments, proofs, strict=True)
+        }
+
+    def _collect(
+        self, record: QueryRecord, department: str, call: grpc.Future[_Response], deadline: float
+    ) -> _Response:
+        """A department enclave's answer; a failed call makes it be attested afresh.
+
+        Raises:
+            DataislandError: the call failed (the error names the department).
+        """
+        try:
+            return self._await(record, call, deadline=deadline, node=f"department {department}")
         except grpc.RpcError as exc:
             self.attestor.forget(department)
             raise error_from_rpc(exc, node=f"department {department}") from None
-        return response.partial
 
     def _await(
         self, record: QueryRecord, call: grpc.Future[_Response], *, deadline: float, node: str

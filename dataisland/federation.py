@@ -130,6 +130,13 @@ class LogSection(_Strict):
     verifier_key: str = Field(description="the log's Ed25519 (type 0x01) verifier key")
     quorum: int = Field(ge=1, description="distinct witnesses that must cosign a checkpoint")
     witnesses: dict[Name, LogWitnessEntry] = Field(min_length=1)
+    report_bound_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=86_400,
+        description="how long an enclave's execution may stay out of the log before its witness "
+        "refuses to cosign and the enclave stops serving",
+    )
 
     _vkey = field_validator("verifier_key")(_check_vkey)
 

@@ -297,6 +297,44 @@ class FederationProcesses:
             except OSError:
                 time.sleep(0.05)
 
+    def node(self, name: str) -> RunningNode:
+        """The running node called `name` (a department, ``witness-<name>``, ``aggregator``,
+        ``coordinator``).
+
+        Raises:
+            ConfigError: no such node is running.
+        """
+        for node in self.nodes:
+            if node.spec.name == name:
+                return node
+        raise ConfigError(f"no node {name!r} is running")
+
+    def stop_node(self, name: str, *, kill: bool = False) -> None:
+        """Stop one node (SIGTERM, or SIGKILL with `kill`) and wait for it to exit."""
+        node = self.node(name)
+        self._signal(node, signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            node.process.wait(timeout=self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            self._signal(node, signal.SIGKILL)
+            node.process.wait()
+        node._log_handle.close()
+        self.nodes.remove(node)
+
+    def start_node(self, name: str) -> RunningNode:
+        """Start one node of the federation again and wait until it listens.
+
+        Raises:
+            ConfigError: no such node, or it exited while starting.
+            NodeUnavailableError: it did not listen within the startup timeout.
+        """
+        spec = next((s for s in self.specs if s.name == name), None)
+        if spec is None:
+            raise ConfigError(f"the federation has no node {name!r}")
+        node = self._spawn(spec)
+        self._await_listening(node, time.monotonic() + self.startup_timeout)
+        return node
+
     def exited(self) -> list[RunningNode]:
         """The nodes whose process has exited."""
         return [node for node in self.nodes if node.process.poll() is not None]

@@ -8,16 +8,15 @@ requester's signature over the envelope, freshness, the parameter opening, and t
 An envelope is admitted while it is at most APPROVAL_WINDOW old (a query may wait that long for
 officers' approvals); the department then requires the short MAX_AGE for queries that need no
 approval. The seen-request set is kept in memory for that whole window: an older envelope is
-refused as stale anyway. After a restart the set is empty, so an envelope replayed within its
-window to a restarted enclave would run again; the TEE issue rebuilds the set from the cosigned
-log.
+refused as stale anyway. After a restart the enclave seeds it from the cosigned log
+(`remember`, enclave/history.py) before it serves.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import grpc
 
@@ -55,6 +54,37 @@ class Admission:
             raise UnauthenticatedError(f"{principal} is not the committee's coordinator")
         return principal
 
+    def remember(self, seen: Mapping[tuple[str, str], dt.datetime]) -> None:
+        """Add envelopes that ran before (requester, request id, when), as the log shows them."""
+        with self._lock:
+            for key, when in seen.items():
+                self._seen.setdefault(key, when)
+
+    def claim(self, requester: str, request_id: str, issued_at: dt.datetime) -> None:
+        """Mark this requester's request id as run here, refusing it if it already ran.
+
+        Raises:
+            ReplayedEnvelopeError: it already ran here.
+        """
+        key = (requester, request_id)
+        with self._lock:
+            horizon = self.clock() - APPROVAL_WINDOW - MAX_SKEW
+            for stale in [k for k, issued in self._seen.items() if issued < horizon]:
+                del self._seen[stale]
+            if key in self._seen:
+                raise self.replayed(requester, request_id)
+            self._seen[key] = issued_at
+
+    def has_run(self, requester: str, request_id: str) -> bool:
+        """Whether this requester's request id already ran here."""
+        with self._lock:
+            return (requester, request_id) in self._seen
+
+    @staticmethod
+    def replayed(requester: str, request_id: str) -> ReplayedEnvelopeError:
+        """The error for an envelope that already ran here."""
+        return ReplayedEnvelopeError(f"request {request_id} of {requester} already ran here")
+
     def admit(
         self, signed: common_pb2.SignedEnvelope, *, once: bool
     ) -> tuple[CheckedEnvelope, Principal]:
@@ -76,14 +106,5 @@ class Admission:
             signed, signer=certificate, now=now, max_age=APPROVAL_WINDOW
         )
         if once:
-            key = (principal.spiffe_id, checked.envelope.request_id)
-            with self._lock:
-                horizon = now - APPROVAL_WINDOW - MAX_SKEW
-                for stale in [k for k, issued in self._seen.items() if issued < horizon]:
-                    del self._seen[stale]
-                if key in self._seen:
-                    raise ReplayedEnvelopeError(
-                        f"request {checked.envelope.request_id} of {principal} already ran here"
-                    )
-                self._seen[key] = checked.envelope.issued_at
+            self.claim(principal.spiffe_id, checked.envelope.request_id, checked.envelope.issued_at)
         return checked, principal

@@ -7,6 +7,8 @@ enclave/department.py and enclave/aggregator.py, who may call in enclave/admissi
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from importlib.metadata import version
 
 import grpc
@@ -22,7 +24,11 @@ from enclave.aggregator import Aggregator
 from enclave.attestation import Attester, EnclaveKeys, SimulatedEvidenceProvider, measure
 from enclave.department import DepartmentEnclave
 from enclave.engine import Lockdown
+from enclave.history import WitnessLog
 from enclave.shard import Shard
+from ledger.errors import LedgerError
+from ledger.note import Ed25519Verifier
+from ledger.witness_client import WitnessClient
 from policies.keeper import PolicyKeeper
 
 VERSIONS = {name: version(name) for name in ("duckdb", "sqlglot")}
@@ -54,6 +60,40 @@ def _attester(federation: Federation, config: NodeConfig, *, node: str, role: Ro
     return Attester(keys=EnclaveKeys.generate(), provider=provider)
 
 
+def witness_log(federation: Federation, config: NodeConfig, department: str) -> WitnessLog:
+    """The log as this department's enclave sees it: through its own node's witness, as
+    itself, trusting only checkpoints a quorum of the federation's witnesses cosigned.
+
+    Raises:
+        ConfigError: no log section, no witness for the department, or unusable keys.
+    """
+    section = federation.log
+    if section is None or department not in section.witnesses:
+        raise ConfigError(
+            f"a department enclave needs the federation's log and a witness for {department}: "
+            "it reports every execution to its witness and rebuilds its state from the log"
+        )
+    entry = section.witnesses[department]
+    try:
+        log_verifier = Ed25519Verifier.from_vkey(section.verifier_key)
+        witnesses = [Ed25519Verifier.from_vkey(w.verifier_key) for w in section.witnesses.values()]
+    except LedgerError as exc:
+        raise ConfigError(f"federation file log keys: {exc}") from None
+    client = WitnessClient(
+        name=department,
+        address=entry.address,
+        server_name=federation.dns_name("witness", department),
+        ca=entry.ca,
+        certificate=config.tls.certificate,
+        key=config.tls.key,
+        verifier=witnesses[list(section.witnesses).index(department)],
+        pool=16,
+    )
+    return WitnessLog(
+        witness=client, log_verifier=log_verifier, witnesses=witnesses, quorum=section.quorum
+    )
+
+
 def serve_department(config: NodeConfig) -> None:
     """Open the department's shard locked down and serve EnclaveService until signalled.
 
@@ -67,6 +107,8 @@ def serve_department(config: NodeConfig) -> None:
         raise ConfigError(f"department {config.department!r} is not in the federation file")
     admission, credentials = _security(federation, config)
     department = config.department
+    started_at = time.time()
+    log = witness_log(federation, config, department)
     shard = Shard(config.shard, Lockdown(threads=config.threads, memory_limit=config.memory_limit))
     servicer = DepartmentEnclave(
         department=config.department,
@@ -84,17 +126,29 @@ def serve_department(config: NodeConfig) -> None:
         attester=_attester(federation, config, node=department, role="department"),
         anchors=TrustAnchors.from_federation(federation),
         committee=federation.committee.name,
+        log=log,
+        started_at=started_at,
     )
+    stopping = threading.Event()
+    # Queries wait until the state is rebuilt from the log; Attest and DescribeShard do not.
+    threading.Thread(
+        target=servicer.restore, kwargs={"stop": stopping.is_set}, name="restore", daemon=True
+    ).start()
 
     def register(server: grpc.Server) -> None:
         enclave_pb2_grpc.add_EnclaveServiceServicer_to_server(servicer, server)
+
+    def stop() -> None:
+        stopping.set()
+        shard.close()
+        log.witness.close()
 
     serve_until_signalled(
         register,
         config.listen,
         credentials=credentials,
         name=f"enclave {config.department}",
-        on_stop=shard.close,
+        on_stop=stop,
     )
 
 

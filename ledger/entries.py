@@ -1,7 +1,7 @@
 """Log entry records: versioned, strict, RFC 8785 canonical JSON of at most 65,535 bytes.
 
 Every entry is a JSON object with `version` (1) and `kind`, one of: `query`, `denial`,
-`approval`, `policy_activation`, `template_run_intent`, `attestation`, `failure`,
+`approval`, `policy_activation`, `run_intent`, `attestation`, `failure`,
 `execution_report`. All fields are required (optional values are present as null), unknown
 fields are refused, and `Entry.from_bytes` accepts only the exact canonical bytes, so
 `Entry.from_bytes(b).to_bytes() == b` and the leaf hash of what was parsed is the leaf hash of
@@ -13,7 +13,8 @@ suppressed counts) appear only as 32-byte hex commitments (dataisland.canonical.
 only as the hash of their sealed ciphertext. This module cannot see the difference between a
 commitment and a raw hash; callers put only commitments in the `*_commitment` fields.
 
-This module does not sign or verify the signatures it carries, read clocks, or store anything.
+This module does not sign or verify the signatures it carries (it says which bytes enclaves sign:
+`signed_bytes`), read clocks, or store anything.
 """
 
 from __future__ import annotations
@@ -295,20 +296,54 @@ class PolicyActivationEntry(Entry):
         return self
 
 
-class TemplateRunIntentEntry(Entry):
-    """The intent to run a counted template once; the run counts once this is logged."""
+class _EnclaveSigned(Entry):
+    """An entry a department enclave wrote and signed itself with its attested key.
 
-    KIND: ClassVar[str] = "template_run_intent"
-    kind: Literal["template_run_intent"]
+    The coordinator only relays it; `signed_bytes` is what the enclave signed (the canonical
+    JSON of every other field, under a context string per kind), so anyone holding the key
+    that a logged attestation pinned can check the entry from the log alone.
+    """
+
+    CONTEXT: ClassVar[str] = ""
+    signature: B64
+
+    def signed_bytes(self) -> bytes:
+        """The bytes the enclave's signature covers."""
+        fields = self.to_json()
+        del fields["signature"]
+        return canonical_json({"context": self.CONTEXT, "entry": fields})
+
+
+class RunIntentEntry(_EnclaveSigned):
+    """A department enclave's intent to run one approved query (ad hoc or a template run).
+
+    The enclave releases that run's partial only once this entry is in the log under a
+    checkpoint a quorum cosigned, so a run counts (and its request id is spent) before any
+    result can leave, and an enclave restarted from the log knows every run it released.
+    """
+
+    KIND: ClassVar[str] = "run_intent"
+    CONTEXT: ClassVar[str] = "dataisland/run-intent/v1"
+    kind: Literal["run_intent"]
+    intent_id: Ident
+    department: Name
+    enclave: Name
     query_id: Ident
     request_id: Ident
     requester: Name
     purpose: Text
-    template_hash: Hex32
+    envelope_digest: Hex32
     approval_hash: Hex32
-    params_commitment: Hex32
+    template_hash: Hex32 | None
     run: Count
+    runs: Count
     recorded_at: Timestamp
+
+    @model_validator(mode="after")
+    def _run_within_runs(self) -> Self:
+        if self.run > self.runs:
+            raise ValueError("run is beyond the runs the approval allows")
+        return self
 
 
 class AttestationEntry(Entry):
@@ -344,21 +379,29 @@ class FailureEntry(Entry):
     failed_at: Timestamp
 
 
-class ExecutionReportEntry(Entry):
-    """An enclave's report of one execution, as its witness received it before the partial left."""
+class ExecutionReportEntry(_EnclaveSigned):
+    """An enclave's report of one execution, as its witness received it before the partial left.
+
+    It names the policy version the enclave applied, so an enclave restarted from the log
+    never accepts an older one, and the requester and request id, so it never runs the same
+    envelope twice.
+    """
 
     KIND: ClassVar[str] = "execution_report"
+    CONTEXT: ClassVar[str] = "dataisland/execution-report/v1"
     kind: Literal["execution_report"]
     report_id: Ident
     department: Name
     enclave: Name
     query_id: Ident
     request_id: Ident
+    requester: Name
     query_hash: Hex32
     envelope_digest: Hex32
     partial_hash: Hex32
+    policy_hash: Hex32
+    policy_version: Count
     reported_at: Timestamp
-    signature: B64
 
 
 AnyEntry = (
@@ -366,7 +409,7 @@ AnyEntry = (
     | DenialEntry
     | ApprovalEntry
     | PolicyActivationEntry
-    | TemplateRunIntentEntry
+    | RunIntentEntry
     | AttestationEntry
     | FailureEntry
     | ExecutionReportEntry
@@ -379,7 +422,7 @@ _KINDS: dict[str, type[Entry]] = {
         DenialEntry,
         ApprovalEntry,
         PolicyActivationEntry,
-        TemplateRunIntentEntry,
+        RunIntentEntry,
         AttestationEntry,
         FailureEntry,
         ExecutionReportEntry,

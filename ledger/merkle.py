@@ -73,6 +73,12 @@ class CompactRange:
         self._size = 0
         self._peaks: list[bytes] = []
 
+    def copy(self) -> CompactRange:
+        """An independent copy (appending to it leaves this one as it is)."""
+        other = CompactRange()
+        other._size, other._peaks = self._size, list(self._peaks)
+        return other
+
     @property
     def size(self) -> int:
         """The number of leaves appended."""
@@ -161,6 +167,18 @@ class MerkleTree:
         """Append leaf hashes in order."""
         for leaf_hash in leaf_hashes:
             self.append(leaf_hash)
+
+    def compact_range(self) -> CompactRange:
+        """The compact range of all the leaves, to compute roots of extensions without
+        appending to this tree (a witness checks pushed entries this way before keeping them)."""
+        out = CompactRange()
+        start = 0
+        for level in reversed(range(self._size.bit_length())):
+            if self._size >> level & 1:
+                out._peaks.append(self.node(level, start >> level))
+                start += 1 << level
+        out._size = self._size
+        return out
 
     def leaf_hash(self, index: int) -> bytes:
         """Return the hash of leaf `index`.

@@ -2,13 +2,16 @@
 
 An auditor holding an export and the federation file (the pinned vendor root and the reference
 measurements) can check, offline, that each released result was signed by an attested
-aggregator and each partial by an attested department enclave: walking the entries in order,
-an attestation entry's evidence is verified as the coordinator verified it (at its
-`verified_at`) and pins that enclave's signing key; a released query entry must then carry the
-aggregator's signature over its result statement and, for every partial, that department's
-signature over its partial statement, each verifying with a key pinned by an earlier entry.
-Any key attested earlier for the node is accepted, since an enclave restarted mid-query signs
-with the key of the attestation before its restart.
+aggregator and each partial, execution report and run intent by an attested department enclave:
+walking the entries in order, an attestation entry's evidence is verified as the coordinator
+verified it (at its `verified_at`) and pins that enclave's signing key (`AttestedKeys`); a
+released query entry must then carry the aggregator's signature over its result statement and,
+for every partial, that department's signature over its partial statement and, before it, that
+enclave's execution report of the same sealed partial; an execution report or run intent must
+carry its enclave's signature over the entry itself; each signature verifies with a key pinned
+by an earlier entry. Any key attested earlier for the node is accepted, since an enclave
+restarted mid-query signs with the key of the attestation before its restart. A department
+enclave restarted from the log trusts its own past entries the same way (enclave/history.py).
 
 This module does not: check the tree or checkpoints (ledger/verify.py does, and calls this
 per entry), or check requesters' and officers' signatures (their certificates are not in the
@@ -32,8 +35,57 @@ from dataisland.attestation import (
 )
 from dataisland.canonical.envelope import parse_rfc3339
 from dataisland.errors import DataislandError
-from ledger.entries import AttestationEntry, Entry, QueryEntry
+from ledger.entries import (
+    AttestationEntry,
+    Entry,
+    ExecutionReportEntry,
+    QueryEntry,
+    RunIntentEntry,
+)
 from ledger.errors import VerificationError
+
+
+@dataclass
+class AttestedKeys:
+    """The enclave signing keys that attestation entries pinned, in log order.
+
+    Attributes:
+        anchors: the federation's pinned vendor root and reference values.
+    """
+
+    anchors: TrustAnchors
+    _keys: dict[tuple[str, str], list[Ed25519PublicKey]] = field(default_factory=dict)
+
+    def attest(self, entry: AttestationEntry) -> None:
+        """Verify a logged attestation as its verifier did, at its `verified_at`, and pin its key.
+
+        Raises:
+            AttestationError: the evidence fails a check.
+            InvalidInputError: its timestamp or base64 does not parse.
+        """
+        attested = self.anchors.verify(
+            base64.b64decode(entry.evidence),
+            node=entry.subject,
+            role=entry.role,
+            now=parse_rfc3339(entry.verified_at),
+        )
+        self._keys.setdefault((entry.role, entry.subject), []).append(attested.signing_key)
+
+    def of(self, role: str, node: str | None = None) -> list[Ed25519PublicKey]:
+        """The keys pinned for `node` in `role` (every node of the role when None)."""
+        if node is not None:
+            return list(self._keys.get((role, node), ()))
+        return [k for (r, _), ks in self._keys.items() if r == role for k in ks]
+
+    def signed(self, role: str, node: str | None, statement: bytes, signature: bytes) -> bool:
+        """Whether a key pinned for `node` in `role` made `signature` over `statement`."""
+        for key in reversed(self.of(role, node)):  # the latest attestation is the likeliest
+            try:
+                key.verify(signature, statement)
+            except InvalidSignature:
+                continue
+            return True
+        return False
 
 
 @dataclass
@@ -42,14 +94,17 @@ class SignatureChecker:
 
     Attributes:
         anchors: the federation's pinned vendor root and reference values.
-        attestations, partials, results: how many of each were checked.
+        attestations, partials, results, reports: how many of each were checked (reports
+            counts execution reports and run intents).
     """
 
     anchors: TrustAnchors
     attestations: int = 0
     partials: int = 0
     results: int = 0
-    _keys: dict[tuple[str, str], list[Ed25519PublicKey]] = field(default_factory=dict)
+    reports: int = 0
+    _keys: AttestedKeys | None = None
+    _reported: set[tuple[str, str, str]] = field(default_factory=set)
 
     def check(self, index: int, data: bytes) -> None:
         """Parse the entry at `index` and check the signatures it carries.
@@ -58,31 +113,42 @@ class SignatureChecker:
             VerificationError: the entry does not parse, its evidence does not verify, or a
                 signature is missing or does not verify with any key attested before it.
         """
+        if self._keys is None:
+            self._keys = AttestedKeys(self.anchors)
         try:
             entry = Entry.from_bytes(data)
         except DataislandError as e:
             raise VerificationError(f"not a valid entry: {e}", index=index) from None
         if isinstance(entry, AttestationEntry):
-            self._attestation(index, entry)
+            try:
+                self._keys.attest(entry)
+            except (AttestationError, DataislandError) as e:
+                raise VerificationError(
+                    f"the attestation evidence of {entry.subject} does not verify: {e}",
+                    index=index,
+                ) from None
+            self.attestations += 1
         elif isinstance(entry, QueryEntry) and entry.decision == "released":
-            self._released(index, entry)
-
-    def _attestation(self, index: int, entry: AttestationEntry) -> None:
-        try:
-            attested = self.anchors.verify(
-                base64.b64decode(entry.evidence),
-                node=entry.subject,
-                role=entry.role,
-                now=parse_rfc3339(entry.verified_at),
+            self._released(index, entry, self._keys)
+        elif isinstance(entry, (ExecutionReportEntry, RunIntentEntry)):
+            what = (
+                f"the execution report {entry.report_id}"
+                if isinstance(entry, ExecutionReportEntry)
+                else f"the run intent {entry.intent_id}"
             )
-        except AttestationError as e:
-            raise VerificationError(
-                f"the attestation evidence of {entry.subject} does not verify: {e}", index=index
-            ) from None
-        self._keys.setdefault((entry.role, entry.subject), []).append(attested.signing_key)
-        self.attestations += 1
+            self._signed(
+                index,
+                self._keys,
+                ("department", entry.department),
+                entry.signed_bytes(),
+                entry.signature,
+                what,
+            )
+            if isinstance(entry, ExecutionReportEntry):
+                self._reported.add((entry.department, entry.query_id, entry.partial_hash))
+            self.reports += 1
 
-    def _released(self, index: int, entry: QueryEntry) -> None:
+    def _released(self, index: int, entry: QueryEntry, keys: AttestedKeys) -> None:
         if entry.aggregator_signature is None or entry.result_commitment is None:
             raise VerificationError(
                 "a released result without the aggregator's signature", index=index
@@ -94,8 +160,14 @@ class SignatureChecker:
             query_hash=entry.query_hash,
             result_commitment=bytes.fromhex(entry.result_commitment),
         )
-        keys = [k for (role, _), ks in self._keys.items() if role == "aggregator" for k in ks]
-        self._signed(index, keys, statement, entry.aggregator_signature, "the released result")
+        self._signed(
+            index,
+            keys,
+            ("aggregator", None),
+            statement,
+            entry.aggregator_signature,
+            "the released result",
+        )
         for partial in entry.partials:
             statement = partial_statement(
                 department=partial.department,
@@ -105,18 +177,33 @@ class SignatureChecker:
                 k=partial.k,
                 policy_hashes={p.department: p.policy_hash for p in partial.policies},
             )
-            keys = self._keys.get(("department", partial.department), [])
             self._signed(
-                index, keys, statement, partial.signature, f"the partial of {partial.department}"
+                index,
+                keys,
+                ("department", partial.department),
+                statement,
+                partial.signature,
+                f"the partial of {partial.department}",
             )
+            if (partial.department, entry.query_id, partial.payload_hash) not in self._reported:
+                raise VerificationError(
+                    f"the partial of {partial.department} was released, but its enclave's "
+                    "execution report is not in the log before it",
+                    index=index,
+                )
             self.partials += 1
         self.results += 1
 
     @staticmethod
     def _signed(
-        index: int, keys: list[Ed25519PublicKey], statement: bytes, signature: str, what: str
+        index: int,
+        keys: AttestedKeys,
+        signer: tuple[str, str | None],
+        statement: bytes,
+        signature: str,
+        what: str,
     ) -> None:
-        if not keys:
+        if not keys.of(*signer):
             raise VerificationError(
                 f"{what} is signed, but no attestation of its enclave comes before it",
                 index=index,
@@ -125,13 +212,8 @@ class SignatureChecker:
             raw = base64.b64decode(signature, validate=True)
         except binascii.Error:
             raise VerificationError(f"the signature of {what} is not base64", index=index) from None
-        for key in reversed(keys):  # the latest attestation is the likeliest signer
-            try:
-                key.verify(raw, statement)
-            except InvalidSignature:
-                continue
-            return
-        raise VerificationError(
-            f"the signature of {what} does not verify with any key attested before it",
-            index=index,
-        )
+        if not keys.signed(*signer, statement, raw):
+            raise VerificationError(
+                f"the signature of {what} does not verify with any key attested before it",
+                index=index,
+            )

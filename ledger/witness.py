@@ -13,10 +13,12 @@ or raises the error the spec's HTTP status stands for:
 - consistency proof does not verify: `ProofError` - 422.
 
 dataisland's rule on top: an enclave reports each execution to its node's witness before it
-releases its partial (`record_execution_report`); the witness refuses (`UnloggedExecutionError`)
-to cosign a checkpoint that omits a report received at least `bound_seconds` before the
-cosignature's timestamp. Which reports a checkpoint includes is the caller's answer, computed from
-its verified replica of the entries (`ExecutionRule.included`).
+releases its partial (`record_execution_report`, which keeps the signed report entry so the
+coordinator can fetch and log it); the witness refuses (`UnloggedExecutionError`) to cosign a
+checkpoint that omits a report received at least `bound_seconds` before the cosignature's
+timestamp, and refuses further reports while one is that overdue, so the enclave stops serving
+until the log catches up. Which reports a checkpoint includes is the caller's answer, computed
+from its verified replica of the entries (`ExecutionRule.included`, ledger/replica.py).
 
 The caller must run check-and-persist atomically (one request at a time per log, state saved with
 `save_state` before the cosignature is returned). Only `save_state` / `load_state` do I/O; the
@@ -49,7 +51,7 @@ from ledger.note import Ed25519Signer, Ed25519Verifier, NoteSignature
 MAX_PROOF_LINES = 63
 """Most consistency proof hashes an add-checkpoint request may carry."""
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 _STATE_FIELDS = frozenset(
@@ -79,10 +81,12 @@ class PendingReport:
     Attributes:
         report_id: the report's id (the `report_id` of its execution_report entry).
         received_at: POSIX seconds when the witness received it.
+        entry: the report's canonical entry bytes, as the enclave signed them.
     """
 
     report_id: str
     received_at: int
+    entry: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,11 @@ class WitnessState:
                 "root_hash": base64.b64encode(self.root_hash).decode(),
                 "checkpoint": None if self.checkpoint is None else self.checkpoint.decode(),
                 "pending_reports": [
-                    {"report_id": r.report_id, "received_at": r.received_at}
+                    {
+                        "report_id": r.report_id,
+                        "received_at": r.received_at,
+                        "entry": base64.b64encode(r.entry).decode(),
+                    }
                     for r in self.pending_reports
                 ],
             }
@@ -141,9 +149,10 @@ class WitnessState:
             _require(isinstance(origin, str) and (ckp is None or isinstance(ckp, str)))
             reports = []
             for r in obj["pending_reports"]:
-                _require(isinstance(r, dict) and set(r) == {"report_id", "received_at"})
+                _require(isinstance(r, dict) and set(r) == {"report_id", "received_at", "entry"})
                 _require(isinstance(r["report_id"], str) and type(r["received_at"]) is int)
-                reports.append(PendingReport(r["report_id"], r["received_at"]))
+                entry = base64.b64decode(r["entry"], validate=True)
+                reports.append(PendingReport(r["report_id"], r["received_at"], entry))
             return cls(origin, size, root, None if ckp is None else ckp.encode(), tuple(reports))
         except (_InvalidError, DataislandError, KeyError, TypeError, ValueError):
             raise LogCorruptionError("witness state file is not a valid state") from None
@@ -172,12 +181,26 @@ class ExecutionRule:
 
 
 def record_execution_report(
-    state: WitnessState, *, report_id: str, received_at: int
+    state: WitnessState,
+    *,
+    report_id: str,
+    received_at: int,
+    entry: bytes = b"",
+    bound_seconds: int | None = None,
 ) -> WitnessState:
     """Return the state with one more pending execution report (idempotent on report_id).
 
+    Args:
+        state: the witness's state.
+        report_id: the report's id.
+        received_at: POSIX seconds now.
+        entry: the signed report entry, kept for the coordinator to log.
+        bound_seconds: with a bound, refuse any new report while an earlier one has stayed
+            unlogged that long: the reporting enclave then stops serving.
+
     Raises:
         WitnessRequestError: empty report id or negative time.
+        UnloggedExecutionError: an earlier report is overdue (it names that report).
     """
     if not isinstance(report_id, str) or not report_id:
         raise WitnessRequestError("an execution report has an id")
@@ -185,8 +208,18 @@ def record_execution_report(
         raise WitnessRequestError("received_at is POSIX seconds")
     if any(r.report_id == report_id for r in state.pending_reports):
         return state
+    if bound_seconds is not None:
+        for report in state.pending_reports:
+            if report.received_at + bound_seconds <= received_at:
+                raise UnloggedExecutionError(
+                    f"execution {report.report_id}, reported at {report.received_at}, has stayed "
+                    f"out of the log for more than {bound_seconds} s; no further execution is "
+                    "accepted until it is logged",
+                    report_id=report.report_id,
+                )
     return replace(
-        state, pending_reports=(*state.pending_reports, PendingReport(report_id, received_at))
+        state,
+        pending_reports=(*state.pending_reports, PendingReport(report_id, received_at, entry)),
     )
 
 
@@ -311,17 +344,17 @@ def parse_add_checkpoint_body(body: bytes) -> tuple[int, list[bytes], bytes]:
     return int(digits), proof, checkpoint.encode()
 
 
-def save_state(path: str | os.PathLike[str], state: WitnessState) -> None:
-    """Persist the state atomically: write a temporary file, fsync, rename, fsync the directory.
+def write_atomically(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace a file's contents atomically: a temporary file, fsync, rename, fsync the directory.
 
     Raises:
-        StorageError: any step failed (the previous state file is intact).
+        StorageError: any step failed (the previous file is intact).
     """
     target = Path(path)
     tmp = target.with_name(f".{target.name}.tmp")
     try:
         with tmp.open("wb") as f:
-            f.write(state.to_bytes())
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -331,7 +364,16 @@ def save_state(path: str | os.PathLike[str], state: WitnessState) -> None:
         finally:
             os.close(fd)
     except OSError as e:
-        raise StorageError(f"cannot save witness state to {target}: {e.strerror}") from e
+        raise StorageError(f"cannot write {target}: {e.strerror}") from e
+
+
+def save_state(path: str | os.PathLike[str], state: WitnessState) -> None:
+    """Persist the state atomically (`write_atomically`).
+
+    Raises:
+        StorageError: it could not be written (the previous state file is intact).
+    """
+    write_atomically(path, state.to_bytes())
 
 
 def load_state(path: str | os.PathLike[str]) -> WitnessState:

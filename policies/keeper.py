@@ -6,8 +6,8 @@ signed by enough of the department's pinned officers, the department's own, neve
 version already accepted, and never a different document under a version already accepted.
 Verification is repeated only when the bytes change.
 
-This module reads no file and keeps no state across restarts (the TEE issue rebuilds the highest
-version from the cosigned log).
+This module reads no file and keeps no state across restarts: an enclave seeds it with the
+versions the cosigned log shows (`remember`, enclave/history.py).
 """
 
 from __future__ import annotations
@@ -34,6 +34,14 @@ class PolicyKeeper:
         self._seen: tuple[bytes, bytes] | None = None
         self._policy: Policy | None = None
         self._hash_of_version: dict[int, str] = {}
+
+    def remember(self, versions: Mapping[int, str]) -> None:
+        """Add policy versions (version to policy hash) applied before, as the log shows them:
+        an older version, or another document under one of them, is then refused."""
+        with self._lock:
+            for version, policy_hash in versions.items():
+                self._hash_of_version.setdefault(version, policy_hash)
+            self._seen = None  # the next accept re-checks against what is now known
 
     def accept(self, document: bytes, signatures: bytes) -> Policy:
         """The verified policy these bytes hold.

@@ -362,7 +362,8 @@ def verify_command(out: Path, quorum: int | None, directory: Path | None) -> Non
         console.print(
             f"[green]verified[/]: {signatures.attestations} attestations, "
             f"{signatures.results} released results signed by the attested aggregator, "
-            f"{signatures.partials} partials signed by attested department enclaves"
+            f"{signatures.partials} partials and {signatures.reports} execution reports and "
+            "run intents signed by attested department enclaves"
         )
 
 

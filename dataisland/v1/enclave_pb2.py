@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from dataisland.v1 import common_pb2 as dataisland_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x61taisland/v1/enclave.proto\x12\rdataisland.v1\x1a\x1a\x64\x61taisland/v1/common.proto\"\x1e\n\rAttestRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\"\n\x0e\x41ttestResponse\x12\x10\n\x08\x65vidence\x18\x01 \x01(\x0c\"/\n\x1e\x41ggregatorServiceAttestRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"3\n\x1f\x41ggregatorServiceAttestResponse\x12\x10\n\x08\x65vidence\x18\x01 \x01(\x0c\"\x16\n\x14\x44\x65scribeShardRequest\"Y\n\x0bTableSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x15.dataisland.v1.Column\x12\x14\n\x0cprivacy_unit\x18\x03 \x01(\t\"\xce\x01\n\x15\x44\x65scribeShardResponse\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12*\n\x06tables\x18\x02 \x03(\x0b\x32\x1a.dataisland.v1.TableSchema\x12\x44\n\x08versions\x18\x03 \x03(\x0b\x32\x32.dataisland.v1.DescribeShardResponse.VersionsEntry\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa3\x01\n\x15\x45xecutePartialRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12/\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x1d.dataisland.v1.SignedEnvelope\x12*\n\tapprovals\x18\x03 \x03(\x0b\x32\x17.dataisland.v1.Approval\x12\x1b\n\x13\x61ggregator_evidence\x18\x04 \x01(\x0c\"\x9a\x02\n\x07Partial\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\x10\n\x08query_id\x18\x02 \x01(\t\x12\x12\n\nquery_hash\x18\x03 \x01(\t\x12\x30\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1e.dataisland.v1.PartialEncoding\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\t\n\x01k\x18\x07 \x01(\r\x12?\n\rpolicy_hashes\x18\x08 \x03(\x0b\x32(.dataisland.v1.Partial.PolicyHashesEntry\x1a\x33\n\x11PolicyHashesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x16\x45xecutePartialResponse\x12\'\n\x07partial\x18\x01 \x01(\x0b\x32\x16.dataisland.v1.Partial\"\x98\x02\n\x14MergePartialsRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12/\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x1d.dataisland.v1.SignedEnvelope\x12(\n\x08partials\x18\x03 \x03(\x0b\x32\x16.dataisland.v1.Partial\x12X\n\x13\x64\x65partment_evidence\x18\x04 \x03(\x0b\x32;.dataisland.v1.MergePartialsRequest.DepartmentEvidenceEntry\x1a\x39\n\x17\x44\x65partmentEvidenceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xea\x01\n\x15MergePartialsResponse\x12&\n\x07\x63olumns\x18\x01 \x03(\x0b\x32\x15.dataisland.v1.Column\x12 \n\x04rows\x18\x02 \x03(\x0b\x32\x12.dataisland.v1.Row\x12\x15\n\rresult_digest\x18\x03 \x01(\t\x12\x12\n\nsuppressed\x18\x04 \x01(\x08\x12\x12\n\nquery_hash\x18\x05 \x01(\t\x12\x19\n\x11result_commitment\x18\x06 \x01(\x0c\x12\x13\n\x0bresult_salt\x18\x07 \x01(\x0c\x12\x18\n\x10result_signature\x18\x08 \x01(\x0c*u\n\x0fPartialEncoding\x12 \n\x1cPARTIAL_ENCODING_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPARTIAL_ENCODING_ARROW_IPC\x10\x01\x12 \n\x1cPARTIAL_ENCODING_HPKE_SEALED\x10\x02\x32\x92\x02\n\x0e\x45nclaveService\x12Z\n\rDescribeShard\x12#.dataisland.v1.DescribeShardRequest\x1a$.dataisland.v1.DescribeShardResponse\x12]\n\x0e\x45xecutePartial\x12$.dataisland.v1.ExecutePartialRequest\x1a%.dataisland.v1.ExecutePartialResponse\x12\x45\n\x06\x41ttest\x12\x1c.dataisland.v1.AttestRequest\x1a\x1d.dataisland.v1.AttestResponse2\xd8\x01\n\x11\x41ggregatorService\x12Z\n\rMergePartials\x12#.dataisland.v1.MergePartialsRequest\x1a$.dataisland.v1.MergePartialsResponse\x12g\n\x06\x41ttest\x12-.dataisland.v1.AggregatorServiceAttestRequest\x1a..dataisland.v1.AggregatorServiceAttestResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64\x61taisland/v1/enclave.proto\x12\rdataisland.v1\x1a\x1a\x64\x61taisland/v1/common.proto\"\x1e\n\rAttestRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"\"\n\x0e\x41ttestResponse\x12\x10\n\x08\x65vidence\x18\x01 \x01(\x0c\"/\n\x1e\x41ggregatorServiceAttestRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"3\n\x1f\x41ggregatorServiceAttestResponse\x12\x10\n\x08\x65vidence\x18\x01 \x01(\x0c\"\x16\n\x14\x44\x65scribeShardRequest\"Y\n\x0bTableSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x15.dataisland.v1.Column\x12\x14\n\x0cprivacy_unit\x18\x03 \x01(\t\"\xce\x01\n\x15\x44\x65scribeShardResponse\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12*\n\x06tables\x18\x02 \x03(\x0b\x32\x1a.dataisland.v1.TableSchema\x12\x44\n\x08versions\x18\x03 \x03(\x0b\x32\x32.dataisland.v1.DescribeShardResponse.VersionsEntry\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd0\x01\n\x15\x45xecutePartialRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12/\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x1d.dataisland.v1.SignedEnvelope\x12*\n\tapprovals\x18\x03 \x03(\x0b\x32\x17.dataisland.v1.Approval\x12\x1b\n\x13\x61ggregator_evidence\x18\x04 \x01(\x0c\x12+\n\x06intent\x18\x05 \x01(\x0b\x32\x1b.dataisland.v1.LoggedIntent\"\x82\x01\n\x11\x44\x65\x63lareRunRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12/\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x1d.dataisland.v1.SignedEnvelope\x12*\n\tapprovals\x18\x03 \x03(\x0b\x32\x17.dataisland.v1.Approval\"$\n\x12\x44\x65\x63lareRunResponse\x12\x0e\n\x06intent\x18\x01 \x01(\x0c\"Y\n\x0cLoggedIntent\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x17\n\x0finclusion_proof\x18\x03 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x04 \x01(\x0c\"\x9a\x02\n\x07Partial\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\x10\n\x08query_id\x18\x02 \x01(\t\x12\x12\n\nquery_hash\x18\x03 \x01(\t\x12\x30\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1e.dataisland.v1.PartialEncoding\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\t\n\x01k\x18\x07 \x01(\r\x12?\n\rpolicy_hashes\x18\x08 \x03(\x0b\x32(.dataisland.v1.Partial.PolicyHashesEntry\x1a\x33\n\x11PolicyHashesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"[\n\x16\x45xecutePartialResponse\x12\'\n\x07partial\x18\x01 \x01(\x0b\x32\x16.dataisland.v1.Partial\x12\x18\n\x10\x65xecution_report\x18\x02 \x01(\x0c\"\x98\x02\n\x14MergePartialsRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12/\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x1d.dataisland.v1.SignedEnvelope\x12(\n\x08partials\x18\x03 \x03(\x0b\x32\x16.dataisland.v1.Partial\x12X\n\x13\x64\x65partment_evidence\x18\x04 \x03(\x0b\x32;.dataisland.v1.MergePartialsRequest.DepartmentEvidenceEntry\x1a\x39\n\x17\x44\x65partmentEvidenceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xea\x01\n\x15MergePartialsResponse\x12&\n\x07\x63olumns\x18\x01 \x03(\x0b\x32\x15.dataisland.v1.Column\x12 \n\x04rows\x18\x02 \x03(\x0b\x32\x12.dataisland.v1.Row\x12\x15\n\rresult_digest\x18\x03 \x01(\t\x12\x12\n\nsuppressed\x18\x04 \x01(\x08\x12\x12\n\nquery_hash\x18\x05 \x01(\t\x12\x19\n\x11result_commitment\x18\x06 \x01(\x0c\x12\x13\n\x0bresult_salt\x18\x07 \x01(\x0c\x12\x18\n\x10result_signature\x18\x08 \x01(\x0c*u\n\x0fPartialEncoding\x12 \n\x1cPARTIAL_ENCODING_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPARTIAL_ENCODING_ARROW_IPC\x10\x01\x12 \n\x1cPARTIAL_ENCODING_HPKE_SEALED\x10\x02\x32\xe5\x02\n\x0e\x45nclaveService\x12Z\n\rDescribeShard\x12#.dataisland.v1.DescribeShardRequest\x1a$.dataisland.v1.DescribeShardResponse\x12]\n\x0e\x45xecutePartial\x12$.dataisland.v1.ExecutePartialRequest\x1a%.dataisland.v1.ExecutePartialResponse\x12\x45\n\x06\x41ttest\x12\x1c.dataisland.v1.AttestRequest\x1a\x1d.dataisland.v1.AttestResponse\x12Q\n\nDeclareRun\x12 .dataisland.v1.DeclareRunRequest\x1a!.dataisland.v1.DeclareRunResponse2\xd8\x01\n\x11\x41ggregatorService\x12Z\n\rMergePartials\x12#.dataisland.v1.MergePartialsRequest\x1a$.dataisland.v1.MergePartialsResponse\x12g\n\x06\x41ttest\x12-.dataisland.v1.AggregatorServiceAttestRequest\x1a..dataisland.v1.AggregatorServiceAttestResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PARTIAL_POLICYHASHESENTRY']._serialized_options = b'8\001'
   _globals['_MERGEPARTIALSREQUEST_DEPARTMENTEVIDENCEENTRY']._loaded_options = None
   _globals['_MERGEPARTIALSREQUEST_DEPARTMENTEVIDENCEENTRY']._serialized_options = b'8\001'
-  _globals['_PARTIALENCODING']._serialized_start=1606
-  _globals['_PARTIALENCODING']._serialized_end=1723
+  _globals['_PARTIALENCODING']._serialized_start=1939
+  _globals['_PARTIALENCODING']._serialized_end=2056
   _globals['_ATTESTREQUEST']._serialized_start=74
   _globals['_ATTESTREQUEST']._serialized_end=104
   _globals['_ATTESTRESPONSE']._serialized_start=106
@@ -57,21 +57,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DESCRIBESHARDRESPONSE_VERSIONSENTRY']._serialized_start=519
   _globals['_DESCRIBESHARDRESPONSE_VERSIONSENTRY']._serialized_end=566
   _globals['_EXECUTEPARTIALREQUEST']._serialized_start=569
-  _globals['_EXECUTEPARTIALREQUEST']._serialized_end=732
-  _globals['_PARTIAL']._serialized_start=735
-  _globals['_PARTIAL']._serialized_end=1017
-  _globals['_PARTIAL_POLICYHASHESENTRY']._serialized_start=966
-  _globals['_PARTIAL_POLICYHASHESENTRY']._serialized_end=1017
-  _globals['_EXECUTEPARTIALRESPONSE']._serialized_start=1019
-  _globals['_EXECUTEPARTIALRESPONSE']._serialized_end=1084
-  _globals['_MERGEPARTIALSREQUEST']._serialized_start=1087
-  _globals['_MERGEPARTIALSREQUEST']._serialized_end=1367
-  _globals['_MERGEPARTIALSREQUEST_DEPARTMENTEVIDENCEENTRY']._serialized_start=1310
-  _globals['_MERGEPARTIALSREQUEST_DEPARTMENTEVIDENCEENTRY']._serialized_end=1367
-  _globals['_MERGEPARTIALSRESPONSE']._serialized_start=1370
-  _globals['_MERGEPARTIALSRESPONSE']._serialized_end=1604
-  _globals['_ENCLAVESERVICE']._serialized_start=1726
-  _globals['_ENCLAVESERVICE']._serialized_end=2000
-  _globals['_AGGREGATORSERVICE']._serialized_start=2003
-  _globals['_AGGREGATORSERVICE']._serialized_end=2219
+  _globals['_EXECUTEPARTIALREQUEST']._serialized_end=777
+  _globals['_DECLARERUNREQUEST']._serialized_start=780
+  _globals['_DECLARERUNREQUEST']._serialized_end=910
+  _globals['_DECLARERUNRESPONSE']._serialized_start=912
+  _globals['_DECLARERUNRESPONSE']._serialized_end=948
+  _globals['_LOGGEDINTENT']._serialized_start=950
+  _globals['_LOGGEDINTENT']._serialized_end=1039
+  _globals['_PARTIAL']._serialized_start=1042
+  _globals['_PARTIAL']._serialized_end=1324
+  _globals['_PARTIAL_POLICYHASHESENTRY']._serialized_start=1273
+  _globals['_PARTIAL_POLICYHASHESENTRY']._serialized_end=1324
+  _globals['_EXECUTEPARTIALRESPONSE']._serialized_start=1326
+  _globals['_EXECUTEPARTIALRESPONSE']._serialized_end=1417
+  _globals['_MERGEPARTIALSREQUEST']._serialized_start=1420
+  _globals['_MERGEPARTIALSREQUEST']._serialized_end=1700
+  _globals['_MERGEPARTIALSREQUEST_DEPARTMENTEVIDENCEENTRY']._serialized_start=1643
+  _globals['_MERGEPARTIALSREQUEST_DEPARTMENTEVIDENCEENTRY']._serialized_end=1700
+  _globals['_MERGEPARTIALSRESPONSE']._serialized_start=1703
+  _globals['_MERGEPARTIALSRESPONSE']._serialized_end=1937
+  _globals['_ENCLAVESERVICE']._serialized_start=2059
+  _globals['_ENCLAVESERVICE']._serialized_end=2416
+  _globals['_AGGREGATORSERVICE']._serialized_start=2419
+  _globals['_AGGREGATORSERVICE']._serialized_end=2635
 # @@protoc_insertion_point(module_scope)

@@ -220,6 +220,7 @@ class ExecutePartialRequest(_message.Message):
     ENVELOPE_FIELD_NUMBER: _builtins.int
     APPROVALS_FIELD_NUMBER: _builtins.int
     AGGREGATOR_EVIDENCE_FIELD_NUMBER: _builtins.int
+    INTENT_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     aggregator_evidence: _builtins.bytes
     """The aggregator's evidence as the coordinator verified it; the department re-verifies it
@@ -231,6 +232,10 @@ class ExecutePartialRequest(_message.Message):
     def approvals(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Approval]:
         """Officers' approvals, for queries whose policy needs them; each enclave checks its own."""
 
+    @_builtins.property
+    def intent(self) -> Global___LoggedIntent:
+        """For an approved query: the run intent this enclave declared, as logged."""
+
     def __init__(
         self,
         *,
@@ -238,14 +243,97 @@ class ExecutePartialRequest(_message.Message):
         envelope: _common_pb2.SignedEnvelope | None = ...,
         approvals: _abc.Iterable[_common_pb2.Approval] | None = ...,
         aggregator_evidence: _builtins.bytes = ...,
+        intent: Global___LoggedIntent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "intent", b"intent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator_evidence", b"aggregator_evidence", "approvals", b"approvals", "envelope", b"envelope", "query_id", b"query_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregator_evidence", b"aggregator_evidence", "approvals", b"approvals", "envelope", b"envelope", "intent", b"intent", "query_id", b"query_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExecutePartialRequest: _TypeAlias = ExecutePartialRequest  # noqa: Y015
+
+@_typing.final
+class DeclareRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_ID_FIELD_NUMBER: _builtins.int
+    ENVELOPE_FIELD_NUMBER: _builtins.int
+    APPROVALS_FIELD_NUMBER: _builtins.int
+    query_id: _builtins.str
+    @_builtins.property
+    def envelope(self) -> _common_pb2.SignedEnvelope: ...
+    @_builtins.property
+    def approvals(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Approval]: ...
+    def __init__(
+        self,
+        *,
+        query_id: _builtins.str = ...,
+        envelope: _common_pb2.SignedEnvelope | None = ...,
+        approvals: _abc.Iterable[_common_pb2.Approval] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvals", b"approvals", "envelope", b"envelope", "query_id", b"query_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeclareRunRequest: _TypeAlias = DeclareRunRequest  # noqa: Y015
+
+@_typing.final
+class DeclareRunResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTENT_FIELD_NUMBER: _builtins.int
+    intent: _builtins.bytes
+    """RFC 8785 JSON of the run intent entry (ledger/entries.py), signed by this enclave."""
+    def __init__(
+        self,
+        *,
+        intent: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["intent", b"intent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeclareRunResponse: _TypeAlias = DeclareRunResponse  # noqa: Y015
+
+@_typing.final
+class LoggedIntent(_message.Message):
+    """A log entry with its place in a checkpoint that a quorum of witnesses cosigned."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    INCLUSION_PROOF_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    entry: _builtins.bytes
+    """The entry's exact bytes."""
+    index: _builtins.int
+    checkpoint: _builtins.bytes
+    """The checkpoint: a C2SP signed note with the log's signature and the cosignatures."""
+    @_builtins.property
+    def inclusion_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """RFC 9162 inclusion proof of `entry` at `index` in the checkpoint's tree."""
+
+    def __init__(
+        self,
+        *,
+        entry: _builtins.bytes = ...,
+        index: _builtins.int = ...,
+        inclusion_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+        checkpoint: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "entry", b"entry", "inclusion_proof", b"inclusion_proof", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoggedIntent: _TypeAlias = LoggedIntent  # noqa: Y015
 
 @_typing.final
 class Partial(_message.Message):
@@ -324,16 +412,22 @@ class ExecutePartialResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PARTIAL_FIELD_NUMBER: _builtins.int
+    EXECUTION_REPORT_FIELD_NUMBER: _builtins.int
+    execution_report: _builtins.bytes
+    """RFC 8785 JSON of the execution report entry (ledger/entries.py) the enclave signed and gave
+    its witness before answering; the coordinator logs it before the result is released.
+    """
     @_builtins.property
     def partial(self) -> Global___Partial: ...
     def __init__(
         self,
         *,
         partial: Global___Partial | None = ...,
+        execution_report: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["partial", b"partial"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["partial", b"partial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_report", b"execution_report", "partial", b"partial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

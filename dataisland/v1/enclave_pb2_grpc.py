@@ -51,6 +51,11 @@ class EnclaveServiceStub:
                 request_serializer=dataisland_dot_v1_dot_enclave__pb2.AttestRequest.SerializeToString,
                 response_deserializer=dataisland_dot_v1_dot_enclave__pb2.AttestResponse.FromString,
                 _registered_method=True)
+        self.DeclareRun = channel.unary_unary(
+                '/dataisland.v1.EnclaveService/DeclareRun',
+                request_serializer=dataisland_dot_v1_dot_enclave__pb2.DeclareRunRequest.SerializeToString,
+                response_deserializer=dataisland_dot_v1_dot_enclave__pb2.DeclareRunResponse.FromString,
+                _registered_method=True)
 
 
 class EnclaveServiceServicer:
@@ -80,6 +85,15 @@ class EnclaveServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeclareRun(self, request, context):
+        """For a query this department's policy lets run only with an officer's approval: verify
+        the approval, count the run, and return the signed run intent that must be in the log,
+        under a checkpoint a quorum cosigned, before ExecutePartial releases the partial.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EnclaveServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +111,11 @@ def add_EnclaveServiceServicer_to_server(servicer, server):
                     servicer.Attest,
                     request_deserializer=dataisland_dot_v1_dot_enclave__pb2.AttestRequest.FromString,
                     response_serializer=dataisland_dot_v1_dot_enclave__pb2.AttestResponse.SerializeToString,
+            ),
+            'DeclareRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclareRun,
+                    request_deserializer=dataisland_dot_v1_dot_enclave__pb2.DeclareRunRequest.FromString,
+                    response_serializer=dataisland_dot_v1_dot_enclave__pb2.DeclareRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +201,33 @@ class EnclaveService:
             '/dataisland.v1.EnclaveService/Attest',
             dataisland_dot_v1_dot_enclave__pb2.AttestRequest.SerializeToString,
             dataisland_dot_v1_dot_enclave__pb2.AttestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclareRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dataisland.v1.EnclaveService/DeclareRun',
+            dataisland_dot_v1_dot_enclave__pb2.DeclareRunRequest.SerializeToString,
+            dataisland_dot_v1_dot_enclave__pb2.DeclareRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

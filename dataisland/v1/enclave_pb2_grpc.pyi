@@ -43,6 +43,11 @@ class EnclaveServiceStub:
     """
     Attest: _grpc.UnaryUnaryMultiCallable[_enclave_pb2.AttestRequest, _enclave_pb2.AttestResponse]
     """Evidence binding this enclave's public keys to the caller's nonce (docs/tee.md)."""
+    DeclareRun: _grpc.UnaryUnaryMultiCallable[_enclave_pb2.DeclareRunRequest, _enclave_pb2.DeclareRunResponse]
+    """For a query this department's policy lets run only with an officer's approval: verify
+    the approval, count the run, and return the signed run intent that must be in the log,
+    under a checkpoint a quorum cosigned, before ExecutePartial releases the partial.
+    """
 
 @_typing.type_check_only
 class EnclaveServiceAsyncStub(EnclaveServiceStub):
@@ -59,6 +64,11 @@ class EnclaveServiceAsyncStub(EnclaveServiceStub):
     """
     Attest: _aio.UnaryUnaryMultiCallable[_enclave_pb2.AttestRequest, _enclave_pb2.AttestResponse]  # type: ignore[assignment]
     """Evidence binding this enclave's public keys to the caller's nonce (docs/tee.md)."""
+    DeclareRun: _aio.UnaryUnaryMultiCallable[_enclave_pb2.DeclareRunRequest, _enclave_pb2.DeclareRunResponse]  # type: ignore[assignment]
+    """For a query this department's policy lets run only with an officer's approval: verify
+    the approval, count the run, and return the signed run intent that must be in the log,
+    under a checkpoint a quorum cosigned, before ExecutePartial releases the partial.
+    """
 
 class EnclaveServiceServicer(metaclass=_abc_1.ABCMeta):
     """A department's enclave: it holds one shard and answers only with partial aggregates of
@@ -90,6 +100,17 @@ class EnclaveServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_enclave_pb2.AttestResponse, _abc.Awaitable[_enclave_pb2.AttestResponse]]:
         """Evidence binding this enclave's public keys to the caller's nonce (docs/tee.md)."""
+
+    @_abc_1.abstractmethod
+    def DeclareRun(
+        self,
+        request: _enclave_pb2.DeclareRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_enclave_pb2.DeclareRunResponse, _abc.Awaitable[_enclave_pb2.DeclareRunResponse]]:
+        """For a query this department's policy lets run only with an officer's approval: verify
+        the approval, count the run, and return the signed run intent that must be in the log,
+        under a checkpoint a quorum cosigned, before ExecutePartial releases the partial.
+        """
 
 def add_EnclaveServiceServicer_to_server(servicer: EnclaveServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

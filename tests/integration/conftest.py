@@ -22,6 +22,8 @@ from dataisland.identity import credential_paths, load_private_key
 from dataisland.supervisor import FederationProcesses
 from dataisland.tls import KeyPair, secure_channel
 from dataisland.v1 import common_pb2, coordinator_pb2_grpc, enclave_pb2, enclave_pb2_grpc
+from ledger.note import Ed25519Verifier
+from ledger.witness_client import WitnessClient
 
 DEPARTMENTS = ("qingpu", "wujiang", "jiashan")
 
@@ -223,3 +225,23 @@ def department_evidence(directory: Path, department: str) -> bytes:
         enclave_pb2.AttestRequest(nonce=os.urandom(32)), timeout=20
     )
     return bytes(response.evidence)
+
+
+def witness_client(
+    directory: Path, name: str, identity: str = "committee/coordinator/node"
+) -> WitnessClient:
+    """An HTTPS client of witness `name`, as `identity` (by default the coordinator)."""
+    federation = load_federation(directory / "federation.yaml")
+    assert federation.log is not None
+    entry = federation.log.witnesses[name]
+    department, role, node = identity.split("/")
+    certificate, key = credential_paths(directory, department=department, role=role, name=node)
+    return WitnessClient(
+        name=name,
+        address=entry.address,
+        server_name=federation.dns_name("witness", name),
+        ca=entry.ca,
+        certificate=certificate,
+        key=key,
+        verifier=Ed25519Verifier.from_vkey(entry.verifier_key),
+    )

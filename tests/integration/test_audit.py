@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import re
 import shutil
@@ -15,9 +16,10 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.audit import WitnessClient
+from dataisland.canonical import TypedParam
 from dataisland.cli import main
 from dataisland.cli.federation import DEMO_QUERIES
+from dataisland.cli.officers import officer_key_path
 from dataisland.federation import load_federation
 from dataisland.supervisor import FederationProcesses
 from dataisland.tls import secure_channel
@@ -28,7 +30,10 @@ from ledger.keys import load_signer
 from ledger.merkle import EMPTY_ROOT
 from ledger.note import SIG_TYPE_ED25519, Ed25519Signer, Note
 from ledger.tiles import bundles_for_size, decode_bundle, encode_bundle, tile_path
-from tests.integration.conftest import client_for, credentials_of
+from ledger.witness_client import WitnessClient
+from policies.signing import load_private_key
+from tests.integration.conftest import client_for, credentials_of, witness_client
+from tests.integration.test_policy_enforcement import TEMPLATE
 
 pytestmark = pytest.mark.integration
 
@@ -139,14 +144,15 @@ def test_export_verifies_and_tampering_names_the_index(
     # Every released result and partial is signed by an enclave the log attested.
     counts = re.search(
         r"(\d+) attestations, (\d+) released results signed by the attested aggregator, "
-        r"(\d+) partials signed",
+        r"(\d+) partials and (\d+) execution reports",
         " ".join(result.output.split()),
     )
     assert counts is not None, result.output
-    attestations, results, partials = (int(g) for g in counts.groups())
+    attestations, results, partials, reports = (int(g) for g in counts.groups())
     assert attestations >= 4
     assert results >= 3
     assert partials >= 3 * 3
+    assert reports >= partials  # every partial's execution was reported and logged
     without = cli("audit", "verify", str(out))
     assert without.exit_code == 0, without.output
     assert "enclave signatures not checked" in " ".join(without.output.split())
@@ -190,21 +196,7 @@ def test_export_verifies_and_tampering_names_the_index(
 
 
 def _witness(directory: Path, name: str) -> WitnessClient:
-    federation = load_federation(directory / "federation.yaml")
-    assert federation.log is not None
-    entry = federation.log.witnesses[name]
-    from ledger.note import Ed25519Verifier
-
-    coordinator = directory / "identity" / "committee"
-    return WitnessClient(
-        name=name,
-        address=entry.address,
-        server_name=federation.dns_name("witness", name),
-        ca=entry.ca,
-        certificate=coordinator / "coordinator-node.crt",
-        key=coordinator / "coordinator-node.key",
-        verifier=Ed25519Verifier.from_vkey(entry.verifier_key),
-    )
+    return witness_client(directory, name)
 
 
 def test_witness_refuses_an_inconsistent_checkpoint(
@@ -361,9 +353,29 @@ def test_no_result_value_or_count_in_the_clear(
             ).rows[0]
             if c is not None
         )
+    # A yes/no verification template, approved by every owner's officer: neither its
+    # parameter nor its answer may appear in the log.
+    person = "p417-2"  # claims in wujiang only
+    params = [
+        TypedParam.of("person_id", "VARCHAR", person),
+        TypedParam.of("since", "DATE", dt.date(2024, 1, 1)),
+    ]
+    with client_for(federation_dir) as client:
+        status = client.submit(TEMPLATE, purpose="eligibility check", params=params)
+        for department in ("qingpu", "wujiang", "jiashan"):
+            with client_for(federation_dir, f"{department}/officer/officer") as officer:
+                signing = load_private_key(
+                    officer_key_path(federation_dir, department).read_bytes()
+                )
+                pending = {p.query_id: p for p in officer.pending_approvals()}
+                officer.approve(pending[status.query_id], signing_key=signing)
+        client.wait(status.query_id, timeout=30)
+        answer = client.result(status.query_id)
+    assert [list(row) for row in answer.rows] == [["true"]]
     # Values that are also words of the SQL (category names, 'F') prove nothing either way.
     interesting = {c for c in cells if len(c) >= 3 and not any(c in sql for sql in sqls)}
     assert len(interesting) > 20
+    interesting.add(person)
     entries = all_entries(federation_dir)
     for index, data in enumerate(entries):
         obj = json.loads(data)
@@ -371,10 +383,21 @@ def test_no_result_value_or_count_in_the_clear(
         assert not any(k in obj for k in ("rows", "result", "suppressed", "count")), index
         for text in _strings(obj):
             assert text not in interesting, (index, text)
+            assert text not in ("true", "false"), (index, text)  # no yes/no answer
+            for blob in _decoded(text):
+                assert person.encode() not in blob, index
         for key in ("sql", "purpose", "reasons", "message"):
             for text in _strings(obj.get(key)):
                 leaked = [c for c in interesting if c in text]
                 assert not leaked, (index, key, leaked[:3])
+
+
+def _decoded(text: str) -> list[bytes]:
+    """A string's bytes, and what it decodes to if it is base64 (signed documents, evidence)."""
+    try:
+        return [text.encode(), base64.b64decode(text, validate=True)]
+    except ValueError:
+        return [text.encode()]
 
 
 def test_audit_log_lists_entries_from_the_running_coordinator(

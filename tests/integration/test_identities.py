@@ -624,7 +624,7 @@ def test_the_enclave_refuses_a_replay(
     evidence = aggregator_evidence(federation_dir)
     assert _execute(as_coordinator, envelope, evidence).partial.department == "qingpu"
     # A new query id does not make it a new query: the requester's request id ran here.
-    error = _refusal(lambda: _execute(as_coordinator, envelope))
+    error = _refusal(lambda: _execute(as_coordinator, envelope, evidence))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "already ran" in (error.details() or "")
 

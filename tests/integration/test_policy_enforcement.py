@@ -7,10 +7,14 @@ as a coordinator that lies would, and shows the enclave refusing.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import shutil
+import subprocess
+import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -24,6 +28,7 @@ from dataisland.identity import credential_paths, load_certificate
 from dataisland.supervisor import FederationProcesses
 from dataisland.tls import KeyPair, secure_channel
 from dataisland.v1 import common_pb2, coordinator_pb2, enclave_pb2, enclave_pb2_grpc
+from ledger.entries import RunIntentEntry
 from policies.keeper import PolicyKeeper
 from policies.signing import load_private_key
 from tests.integration.conftest import (
@@ -32,6 +37,7 @@ from tests.integration.conftest import (
     client_for,
     free_base_port,
     signed_envelope,
+    witness_client,
 )
 from tests.integration.test_federation import _rebase_ports
 
@@ -176,21 +182,65 @@ def test_manual_template_without_approval_is_refused(
     assert "approval" in (error.details() or "")
 
 
-def test_approved_template_runs_and_carries_k_and_policy_hash(
+def _declare(
+    stub: enclave_pb2_grpc.EnclaveServiceStub,
+    signed: common_pb2.SignedEnvelope,
+    approval: common_pb2.Approval,
+    query_id: str = "x",
+) -> RunIntentEntry:
+    response = stub.DeclareRun(
+        enclave_pb2.DeclareRunRequest(query_id=query_id, envelope=signed, approvals=[approval]),
+        timeout=20,
+    )
+    return RunIntentEntry.from_bytes(response.intent)
+
+
+def _refused_declaring(
+    stub: enclave_pb2_grpc.EnclaveServiceStub,
+    signed: common_pb2.SignedEnvelope,
+    approval: common_pb2.Approval,
+) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        _declare(stub, signed, approval, query_id=uuid.uuid4().hex)
+    return info.value
+
+
+def test_an_approved_run_is_declared_and_released_only_once_logged(
     running: FederationProcesses, federation_dir: Path
 ) -> None:
     signed = _template_envelope(federation_dir)
-    response = _enclave(federation_dir).ExecutePartial(
+    approval = _approval(federation_dir, signed)
+    stub = _enclave(federation_dir)
+    intent = _declare(stub, signed, approval)
+    assert (intent.department, intent.run, intent.runs) == ("qingpu", 1, 1)
+    assert intent.envelope_digest == QueryEnvelope.from_bytes(signed.envelope).digest().hex()
+    evidence = aggregator_evidence(federation_dir)
+    # A coordinator that does not log the intent gets nothing.
+    error = _refused(
+        stub,
+        enclave_pb2.ExecutePartialRequest(
+            query_id="x", envelope=signed, approvals=[approval], aggregator_evidence=evidence
+        ),
+    )
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "run intent" in (error.details() or "")
+    # Nor one that shows it under a checkpoint only one witness cosigned (qingpu's own).
+    status, note = witness_client(federation_dir, "qingpu").request("GET", "/checkpoint")
+    assert status == 200
+    error = _refused(
+        stub,
         enclave_pb2.ExecutePartialRequest(
             query_id="x",
             envelope=signed,
-            approvals=[_approval(federation_dir, signed)],
-            aggregator_evidence=aggregator_evidence(federation_dir),
+            approvals=[approval],
+            aggregator_evidence=evidence,
+            intent=enclave_pb2.LoggedIntent(
+                entry=intent.to_bytes(), index=0, inclusion_proof=[], checkpoint=note
+            ),
         ),
-        timeout=20,
     )
-    assert response.partial.k == 1  # the template's own release rule
-    assert set(response.partial.policy_hashes) == {"qingpu"}
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "not shown in the log" in (error.details() or "")
 
 
 @pytest.mark.parametrize(
@@ -221,23 +271,12 @@ def test_approval_replayed_with_a_new_request_id_is_refused(
     first = _template_envelope(federation_dir)
     approval = _approval(federation_dir, first)
     stub = _enclave(federation_dir)
-    stub.ExecutePartial(
-        enclave_pb2.ExecutePartialRequest(
-            query_id="x",
-            envelope=first,
-            approvals=[approval],
-            aggregator_evidence=aggregator_evidence(federation_dir),
-        ),
-        timeout=20,
-    )
-    again = _refused(
-        stub, enclave_pb2.ExecutePartialRequest(query_id="x", envelope=first, approvals=[approval])
-    )
-    assert "already ran" in (again.details() or "")
+    _declare(stub, first, approval)
+    again = _refused_declaring(stub, first, approval)
+    assert again.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "already has a run declared" in (again.details() or "")
     second = _template_envelope(federation_dir)  # same question, new request id
-    error = _refused(
-        stub, enclave_pb2.ExecutePartialRequest(query_id="y", envelope=second, approvals=[approval])
-    )
+    error = _refused_declaring(stub, second, approval)
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "envelope" in (error.details() or "")
 
@@ -322,19 +361,11 @@ def test_enclave_counts_template_runs_and_refuses_one_too_many(
 ) -> None:
     approval = _template_approval(federation_dir, runs=2)
     stub = _enclave(federation_dir)
-    evidence = aggregator_evidence(federation_dir)
-
-    def run() -> enclave_pb2.ExecutePartialRequest:
-        return enclave_pb2.ExecutePartialRequest(
-            query_id=uuid.uuid4().hex,
-            envelope=_template_envelope(federation_dir),  # new parameters' envelope each time
-            approvals=[approval],
-            aggregator_evidence=evidence,
-        )
-
-    stub.ExecutePartial(run(), timeout=20)
-    stub.ExecutePartial(run(), timeout=20)
-    error = _refused(stub, run())
+    # A new envelope (new parameters, new request id) for every run.
+    runs = [_declare(stub, _template_envelope(federation_dir), approval, uuid.uuid4().hex)]
+    runs.append(_declare(stub, _template_envelope(federation_dir), approval, uuid.uuid4().hex))
+    assert [(r.run, r.runs) for r in runs] == [(1, 2), (2, 2)]
+    error = _refused_declaring(stub, _template_envelope(federation_dir), approval)
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "all 2 run(s)" in (error.details() or "")
 
@@ -345,14 +376,8 @@ def test_template_approval_binds_the_requester(
     approval = _template_approval(
         federation_dir, runs=5, requester="spiffe://dataisland/dept/wujiang/requester/analyst"
     )
-    error = _refused(
-        _enclave(federation_dir),
-        enclave_pb2.ExecutePartialRequest(
-            query_id="x",
-            envelope=_template_envelope(federation_dir),
-            approvals=[approval],
-            aggregator_evidence=aggregator_evidence(federation_dir),
-        ),
+    error = _refused_declaring(
+        _enclave(federation_dir), _template_envelope(federation_dir), approval
     )
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "another requester" in (error.details() or "")
@@ -379,25 +404,46 @@ def test_officers_approve_a_template_for_several_runs_through_the_coordinator(
         assert client.wait(second.query_id).state == coordinator_pb2.QUERY_STATE_SUCCEEDED
         third = client.submit(TEMPLATE, purpose="eligibility check", params=params)
         assert third.state == coordinator_pb2.QUERY_STATE_PENDING
+    entries = _log_entries(federation_dir)
+    # Each department logged its intent before its partial left, and released it with the
+    # template's own k and its policy's hash.
+    intents = [e for e in entries if e["kind"] == "run_intent" and e["query_id"] == first.query_id]
+    assert sorted((e["department"], e["run"], e["runs"]) for e in intents) == [
+        ("jiashan", 1, 2),
+        ("qingpu", 1, 2),
+        ("wujiang", 1, 2),
+    ]
+    released = next(
+        e
+        for e in entries
+        if e["kind"] == "query" and e["query_id"] == first.query_id and e["decision"] == "released"
+    )
+    assert {p["department"]: p["k"] for p in released["partials"]} == {
+        "jiashan": 1,
+        "qingpu": 1,
+        "wujiang": 1,
+    }
+    assert all(len(p["policies"]) == 1 for p in released["partials"])
+
+
+def _log_entries(directory: Path) -> list[dict[str, Any]]:
+    """Every log entry, as `dataisland audit log --json` prints it for an auditor."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "dataisland", "audit", "log", "--federation", str(directory),
+         "--as", "qingpu/auditor/auditor", "--json"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
 
 
 def test_each_policy_activation_is_logged_with_its_signatures(
     running: FederationProcesses, federation_dir: Path
 ) -> None:
-    import json
-    import subprocess
-    import sys
-
     with client_for(federation_dir) as client:
         client.query(
             "SELECT category, count(*) AS n FROM claims GROUP BY category", purpose="statistics"
         )
-    listed = subprocess.run(
-        [sys.executable, "-m", "dataisland", "audit", "log", "--federation", str(federation_dir),
-         "--as", "qingpu/auditor/auditor", "--json"],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    entries = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
+    entries = _log_entries(federation_dir)
     activations = {e["department"]: e for e in entries if e["kind"] == "policy_activation"}
     assert set(activations) == {"qingpu", "wujiang", "jiashan"}
     federation = load_federation(federation_dir / "federation.yaml")

@@ -29,7 +29,7 @@ from enclave.attestation import (
     platform_paths,
     vendor_paths,
 )
-from ledger.entries import AttestationEntry, QueryEntry
+from ledger.entries import AttestationEntry, ExecutionReportEntry, QueryEntry
 from ledger.errors import VerificationError
 from ledger.signatures import SignatureChecker
 
@@ -94,6 +94,34 @@ def _attest(vendor: Path, node: str, role: str) -> tuple[bytes, EnclaveKeys]:
     return entry.to_bytes(), keys
 
 
+def _report(keys: EnclaveKeys, *, partial_hash: str = H) -> bytes:
+    """qingpu's execution report of the sealed partial `partial_hash`, signed with `keys`."""
+    report = ExecutionReportEntry(
+        version=1,
+        kind="execution_report",
+        report_id="rep-1",
+        department="qingpu",
+        enclave="qingpu",
+        query_id="q1",
+        request_id="r1",
+        requester="spiffe://demo/dept/qingpu/requester/analyst",
+        query_hash=H,
+        envelope_digest=H,
+        partial_hash=partial_hash,
+        policy_hash=POLICY,
+        policy_version=1,
+        reported_at=format_rfc3339(NOW),
+        signature="AA==",
+    )
+    signature = _b64(keys.sign(report.signed_bytes()))
+    return report.model_copy(update={"signature": signature}).to_bytes()
+
+
+def _checked(checker: SignatureChecker, *entries: bytes) -> None:
+    for index, data in enumerate(entries):
+        checker.check(index, data)
+
+
 def _released(department: EnclaveKeys, aggregator: EnclaveKeys, *, k: int = 5) -> QueryEntry:
     commitment = hashlib.sha256(b"result").digest()
     partial = partial_statement(
@@ -147,11 +175,40 @@ def test_signed_partials_and_results_verify_with_attested_keys(
     department, department_keys = _attest(vendor, "qingpu", "department")
     aggregator, aggregator_keys = _attest(vendor, "committee", "aggregator")
     checker = SignatureChecker(anchors)
-    for index, data in enumerate(
-        [department, aggregator, _released(department_keys, aggregator_keys).to_bytes()]
-    ):
-        checker.check(index, data)
-    assert (checker.attestations, checker.results, checker.partials) == (2, 1, 1)
+    released = _released(department_keys, aggregator_keys).to_bytes()
+    _checked(checker, department, aggregator, _report(department_keys), released)
+    assert (checker.attestations, checker.results, checker.partials, checker.reports) == (
+        2,
+        1,
+        1,
+        1,
+    )
+
+
+def test_a_partial_released_without_its_execution_report_fails(
+    vendor: Path, anchors: TrustAnchors
+) -> None:
+    department, department_keys = _attest(vendor, "qingpu", "department")
+    aggregator, aggregator_keys = _attest(vendor, "committee", "aggregator")
+    released = _released(department_keys, aggregator_keys).to_bytes()
+    # No report at all, or one of another sealed partial.
+    for missing in ([], [_report(department_keys, partial_hash="d" * 64)]):
+        checker = SignatureChecker(anchors)
+        with pytest.raises(VerificationError) as info:
+            _checked(checker, department, aggregator, *missing, released)
+        assert info.value.index == 2 + len(missing)
+        assert "execution report is not in the log" in str(info.value)
+
+
+def test_an_execution_report_not_signed_by_its_attested_enclave_fails(
+    vendor: Path, anchors: TrustAnchors
+) -> None:
+    department, _ = _attest(vendor, "qingpu", "department")
+    checker = SignatureChecker(anchors)
+    with pytest.raises(VerificationError) as info:
+        _checked(checker, department, _report(EnclaveKeys.generate()))
+    assert info.value.index == 1
+    assert "the execution report rep-1 does not verify" in str(info.value)
 
 
 def test_a_partial_released_with_a_higher_k_claimed_fails(
@@ -161,11 +218,10 @@ def test_a_partial_released_with_a_higher_k_claimed_fails(
     department, department_keys = _attest(vendor, "qingpu", "department")
     aggregator, aggregator_keys = _attest(vendor, "committee", "aggregator")
     checker = SignatureChecker(anchors)
-    checker.check(0, department)
-    checker.check(1, aggregator)
+    _checked(checker, department, aggregator, _report(department_keys))
     with pytest.raises(VerificationError) as info:
-        checker.check(2, _released(department_keys, aggregator_keys, k=2).to_bytes())
-    assert info.value.index == 2
+        checker.check(3, _released(department_keys, aggregator_keys, k=2).to_bytes())
+    assert info.value.index == 3
     assert "the partial of qingpu does not verify" in str(info.value)
 
 

@@ -19,7 +19,7 @@ from ledger.entries import (
     FailureEntry,
     PolicyActivationEntry,
     QueryEntry,
-    TemplateRunIntentEntry,
+    RunIntentEntry,
 )
 from ledger.errors import EntryTooLargeError, MalformedEntryError
 from ledger.merkle import hash_leaf
@@ -108,18 +108,23 @@ def sample_entries() -> list[Entry]:
             signatures=({"officer": "alice", "signature": SIG},),  # type: ignore[arg-type]
             activated_at=T,
         ),
-        TemplateRunIntentEntry(
+        RunIntentEntry(
             version=1,
-            kind="template_run_intent",
+            kind="run_intent",
+            intent_id="i-3",
+            department="d1",
+            enclave="d1",
             query_id="q-3",
             request_id="r-3",
             requester="x",
             purpose="p",
-            template_hash=H,
+            envelope_digest=H,
             approval_hash=H,
-            params_commitment=H,
+            template_hash=H,
             run=1,
+            runs=3,
             recorded_at=T,
+            signature=SIG,
         ),
         AttestationEntry(
             version=1,
@@ -150,9 +155,12 @@ def sample_entries() -> list[Entry]:
             enclave="node-1/enclave",
             query_id="q-1",
             request_id="r-1",
+            requester="x",
             query_hash=H,
             envelope_digest=H,
             partial_hash=H,
+            policy_hash=H,
+            policy_version=2,
             reported_at=T,
             signature=SIG,
         ),
@@ -238,10 +246,11 @@ def test_size_limit() -> None:
 
 def test_no_low_entropy_values_in_the_clear() -> None:
     # Results, parameters and suppressed counts appear only as 64-hex commitments; the only
-    # integers in any entry are the format version, policy versions and run numbers.
+    # integers in any entry are the format version, policy versions, run numbers and the runs
+    # an approval allows.
     for e in sample_entries():
         for key, value in e.to_json().items():
             if isinstance(value, int) and not isinstance(value, bool):
-                assert key in {"version", "policy_version", "run"}
+                assert key in {"version", "policy_version", "run", "runs"}
             if key.endswith("_commitment") and value is not None:
                 assert len(value) == 64
