@@ -62,7 +62,7 @@ from policies.approvals import verify_approval, verify_template_approval
 from policies.checker import Verdict
 from policies.routing import required_departments
 from policies.sqlfront import ParseCache
-from policies.templates import parse_envelope_query
+from policies.templates import logged_sql, parse_envelope_query
 
 log = logging.getLogger("dataisland.coordinator")
 
@@ -195,10 +195,8 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         decision = self.judge.decide(parsed, requester=principal, purpose=envelope.purpose)
         # A denied query is created running and finished at once, so waiters wake up.
         denied = decision.verdict is Verdict.DENY
-        # A template's SQL is recorded with its placeholders: the values stay with the enclaves.
-        canonical_sql = (
-            decision.template.canonical_sql if decision.template else parsed.canonical_sql
-        )
+        # SQL with parameters is recorded with its placeholders: the values stay with the enclaves.
+        canonical_sql = logged_sql(checked, parsed)
         record = QueryRecord(
             query_id=str(uuid.uuid4()),
             requester=requester,

@@ -37,7 +37,7 @@ from enclave.engine import DuckDBMergeEngine, Lockdown
 from enclave.planner import PlanCache, merge_partials
 from enclave.sealing import open_sealed
 from policies.sqlfront import ParseCache
-from policies.templates import parse_envelope_query
+from policies.templates import logged_sql, parse_envelope_query
 
 
 def ipc_to_arrow(payload: bytes, *, department: str) -> pa.Table:
@@ -153,7 +153,7 @@ class Aggregator(enclave_pb2_grpc.AggregatorServiceServicer):
         checked, _requester = self.admission.admit(request.envelope, once=True)
         parsed = parse_envelope_query(checked, self.parse)
         plan = self.plans.plan(parsed)
-        expected_hash = query_hash(parsed.canonical_sql).hex()
+        expected_hash = query_hash(logged_sql(checked, parsed)).hex()
         partials: dict[str, pa.Table] = {}
         thresholds: dict[str, int] = {}
         for partial in request.partials:

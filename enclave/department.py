@@ -70,7 +70,7 @@ from policies.checker import Verdict, check
 from policies.document import Policy
 from policies.keeper import PolicyKeeper
 from policies.sqlfront import ParseCache, ParsedQuery
-from policies.templates import parse_envelope_query
+from policies.templates import logged_sql, parse_envelope_query
 
 log = logging.getLogger("dataisland.enclave")
 
@@ -426,7 +426,7 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
         remaining = context.time_remaining()
         timeout = self.query_timeout if remaining is None else min(self.query_timeout, remaining)
         partial = self.shard.run(plan.partial_sql, timeout=timeout)
-        digest = query_hash(parsed.canonical_sql).hex()
+        digest = query_hash(logged_sql(checked, parsed)).hex()
         ciphertext = seal(
             arrow_to_ipc(partial.table),
             aggregator_key=aggregator.hpke_key,

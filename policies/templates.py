@@ -273,3 +273,23 @@ def parse_envelope_query(checked: CheckedEnvelope, parse: ParseCache) -> ParsedQ
             values[param.name] = value
         sql = bind_parameters(sql, values)
     return parse(sql)
+
+
+def logged_sql(checked: CheckedEnvelope, parsed: ParsedQuery) -> str:
+    """The canonical SQL the log shows and every query hash covers.
+
+    For a query without parameters, the parsed query's canonical SQL; for one with parameters,
+    the envelope's SQL checked and canonicalised with `$name` where each value goes, so that
+    no parameter value (a person's id, say) enters a hash: parameters enter only through the
+    envelope's salted commitment. Coordinator, enclaves and aggregator all compute it this way,
+    so their hashes agree.
+
+    Raises:
+        TemplateError, MalformedQueryError, UnsupportedQueryError: the SQL with placeholders
+            does not compile (it parsed with its values bound, so this does not happen for
+            SQL the enclaves accept).
+    """
+    if not checked.params:
+        return parsed.canonical_sql
+    names: dict[str, ParameterType] = {p.name: "varchar" for p in checked.params}
+    return compile_template(checked.envelope.sql, names).canonical_sql

@@ -337,7 +337,7 @@ def _strings(value: object) -> list[str]:
 
 
 def test_no_result_value_or_count_in_the_clear(
-    running: FederationProcesses, federation_dir: Path
+    running: FederationProcesses, federation_dir: Path, tmp_path: Path
 ) -> None:
     cells: set[str] = set()
     sqls = []
@@ -372,6 +372,21 @@ def test_no_result_value_or_count_in_the_clear(
         client.wait(status.query_id, timeout=30)
         answer = client.result(status.query_id)
     assert [list(row) for row in answer.rows] == [["true"]]
+    # Its hash in every entry is the hash of the SQL with placeholders: no oracle for the id.
+    template_entries = [json.loads(e) for e in all_entries(federation_dir)]
+    logged = {
+        e["query_hash"]
+        for e in template_entries
+        if e.get("query_id") == status.query_id and "query_hash" in e
+    }
+    assert len(logged) == 1
+    assert any(e["kind"] == "execution_report" for e in template_entries)
+    # And the released template run's signatures verify from the log alone.
+    wait_checkpointed(federation_dir)
+    out = tmp_path / "export"
+    assert cli("audit", "export", "--federation", str(federation_dir), str(out)).exit_code == 0
+    verified = cli("audit", "verify", str(out), "--federation", str(federation_dir))
+    assert verified.exit_code == 0, verified.output
     # Values that are also words of the SQL (category names, 'F') prove nothing either way.
     interesting = {c for c in cells if len(c) >= 3 and not any(c in sql for sql in sqls)}
     assert len(interesting) > 20

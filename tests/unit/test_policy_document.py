@@ -10,7 +10,16 @@ from typing import Any
 
 import pytest
 
-from dataisland.canonical import canonical_json
+from dataisland.canonical import (
+    QueryEnvelope,
+    TypedParam,
+    canonical_json,
+    new_salt,
+    params_commitment,
+    query_hash,
+)
+from dataisland.catalog import TableInfo
+from dataisland.envelopes import CheckedEnvelope
 from dataisland.errors import DataislandError
 from policies.document import (
     Policy,
@@ -21,7 +30,14 @@ from policies.document import (
     load_policy_mapping,
     parse_timestamp,
 )
-from policies.templates import TemplateError, bind_parameters, compile_template
+from policies.sqlfront import ParseCache
+from policies.templates import (
+    TemplateError,
+    bind_parameters,
+    compile_template,
+    logged_sql,
+    parse_envelope_query,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -208,3 +224,50 @@ def test_bind_parameters_quotes_values_on_the_tree() -> None:
         bind_parameters(TEMPLATE, {"p": "x", "min_age": 1, "extra": 2})
     with pytest.raises(TemplateError):
         bind_parameters(TEMPLATE, {"p": 1.5, "min_age": 1})  # type: ignore[dict-item]
+
+
+def test_the_logged_sql_of_a_query_with_parameters_holds_no_value() -> None:
+    """Two runs of one template for two people hash alike: the hash is no oracle for the id."""
+    catalog = {
+        "claims": TableInfo(
+            name="claims",
+            columns={"person_id": "VARCHAR", "age": "INTEGER"},
+            privacy_unit="person_id",
+            holders=frozenset({"d"}),
+        )
+    }
+    parse = ParseCache(catalog)
+    logged = set()
+    for person in ("P0000000000001", "P0000000000002"):
+        params = (
+            TypedParam.of("p", "VARCHAR", person),
+            TypedParam.of("min_age", "BIGINT", 18),
+        )
+        envelope = QueryEnvelope(
+            sql=TEMPLATE,
+            params_commitment=params_commitment(list(params), salt=new_salt()),
+            purpose="check",
+            request_id=person,
+            issued_at=dt.datetime.now(dt.UTC),
+        )
+        checked = CheckedEnvelope(envelope=envelope, params=params)
+        parsed = parse_envelope_query(checked, parse)
+        assert person in parsed.canonical_sql  # what the enclave runs
+        sql = logged_sql(checked, parsed)
+        assert person not in sql
+        assert "$p" in sql
+        logged.add(query_hash(sql))
+    assert len(logged) == 1
+    # Without parameters, the logged SQL is the query's own canonical SQL.
+    plain = CheckedEnvelope(
+        envelope=QueryEnvelope(
+            sql="SELECT count(*) AS n FROM claims",
+            params_commitment=params_commitment([], salt=new_salt()),
+            purpose="check",
+            request_id="r",
+            issued_at=dt.datetime.now(dt.UTC),
+        ),
+        params=(),
+    )
+    parsed = parse_envelope_query(plain, parse)
+    assert logged_sql(plain, parsed) == parsed.canonical_sql
