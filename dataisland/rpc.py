@@ -2,21 +2,32 @@
 
 Servicers only authenticate, convert and delegate; `guarded` turns a `DataislandError` into its
 status code (the one table in `dataisland.errors`) and anything unexpected into a generic
-INTERNAL with a reference number, so no traceback or data value ever reaches a caller. The
-client side turns a status back into the matching `DataislandError`.
+INTERNAL with a reference number, so no traceback or data value ever reaches a caller. Every
+refusal also carries rich details (`google.rpc.Status` in the standard `grpc-status-details-bin`
+trailer): an `ErrorInfo` naming the cause, a `BadRequest` naming the field for INVALID_ARGUMENT,
+a `QuotaFailure` naming the limit and a `RetryInfo` for RESOURCE_EXHAUSTED. `guarded` also
+counts and times each RPC (dataisland/metrics.py) and binds the request's query id to the log
+lines written while it runs (dataisland/logs.py). The client side turns a status back into the
+matching `DataislandError`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import secrets
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
-from dataisland import errors
+from dataisland import errors, metrics
+from dataisland.logs import bind_query
 
 log = logging.getLogger("dataisland.rpc")
 
@@ -26,7 +37,11 @@ Resp = TypeVar("Resp")
 S = TypeVar("S")
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-"""Large enough for partials of hundreds of thousands of groups; enforced on both ends."""
+"""Large enough for partials of hundreds of thousands of groups; the most any channel carries.
+A server receives at most its node's `max_request_bytes` (4 MiB unless the aggregator)."""
+
+ERROR_DOMAIN = "dataisland"
+"""The `ErrorInfo.domain` of every error dataisland raises."""
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -51,28 +66,146 @@ def status_code(error: errors.DataislandError) -> grpc.StatusCode:
     return grpc.StatusCode[errors.grpc_status_for(error)]
 
 
+def _reason(error: errors.DataislandError | None) -> str:
+    """`MalformedQueryError` -> `MALFORMED_QUERY`: the stable ErrorInfo reason of a cause."""
+    if error is None:
+        return "INTERNAL"
+    name = type(error).__name__.removesuffix("Error") or "DATAISLAND"
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper()[:63]
+
+
+def rich_status(
+    code: grpc.StatusCode, message: str, error: errors.DataislandError | None
+) -> grpc.Status:
+    """The status a refusal leaves with: code, message and google.rpc details.
+
+    Details: always an `ErrorInfo` (reason from the cause's class, domain "dataisland"); for a
+    bad field a `BadRequest`; for a limit a `QuotaFailure` naming the setting and, when waiting
+    helps, a `RetryInfo`.
+    """
+    info = error_details_pb2.ErrorInfo(reason=_reason(error), domain=ERROR_DOMAIN)
+    if error is not None:
+        info.metadata["cause"] = type(error).__name__
+    details: list[Any] = [info]
+    if isinstance(error, errors.InvalidInputError) or code == grpc.StatusCode.INVALID_ARGUMENT:
+        field = getattr(error, "field", "")
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
+                ]
+            )
+        )
+    if isinstance(error, errors.ResourceLimitError):
+        info.metadata["limit"] = error.limit
+        details.append(
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject=error.subject, description=message
+                    )
+                ]
+            )
+        )
+        if error.retry_after is not None:
+            delay = duration_pb2.Duration()
+            delay.FromNanoseconds(int(error.retry_after * 1e9))
+            details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    packed = []
+    for detail in details:
+        wrapped = any_pb2.Any()
+        wrapped.Pack(detail)
+        packed.append(wrapped)
+    status = status_pb2.Status(code=code.value[0], message=message, details=packed)
+    return rpc_status.to_status(status)
+
+
+def error_details(exc: grpc.RpcError) -> list[Any]:
+    """The google.rpc detail messages (ErrorInfo, BadRequest, ...) of a failed call, unpacked."""
+    if not isinstance(exc, grpc.Call):
+        return []
+    try:
+        status = rpc_status.from_call(exc)
+    except ValueError:
+        return []
+    if status is None:
+        return []
+    out: list[Any] = []
+    for packed in status.details:
+        for cls in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.BadRequest,
+            error_details_pb2.QuotaFailure,
+            error_details_pb2.RetryInfo,
+        ):
+            if packed.Is(cls.DESCRIPTOR):
+                message = cls()
+                packed.Unpack(message)
+                out.append(message)
+    return out
+
+
+def _service_of(servicer: object) -> str:
+    # The generated base class is named after the service: CoordinatorServiceServicer.
+    for cls in type(servicer).__mro__:
+        if cls.__name__.endswith("Servicer") and cls.__module__.startswith("dataisland.v1"):
+            return cls.__name__.removesuffix("Servicer")
+    return type(servicer).__name__
+
+
 def guarded(
     method: Callable[Concatenate[S, Req, grpc.ServicerContext, P], Resp],
 ) -> Callable[Concatenate[S, Req, grpc.ServicerContext, P], Resp]:
-    """Wrap a servicer method so every failure leaves as a clear status, never a traceback."""
+    """Wrap a servicer method so every failure leaves as a clear status, never a traceback;
+    count and time it, and bind the request's query id to its log lines."""
 
     @wraps(method)
     def wrapper(
         self: S, request: Req, context: grpc.ServicerContext, *a: P.args, **k: P.kwargs
     ) -> Resp:
-        try:
-            return method(self, request, context, *a, **k)
-        except errors.DataislandError as exc:
-            code, message = status_code(exc), str(exc)
-        except Exception:
-            ref = secrets.token_hex(4)
-            log.exception("unexpected failure in %s (ref %s)", method.__name__, ref)
-            code, message = (
-                grpc.StatusCode.INTERNAL,
-                f"internal error (ref {ref}); see the node's log",
+        service = _service_of(self)
+        began = time.perf_counter()
+        query_id = getattr(request, "query_id", "")
+        error: errors.DataislandError | None = None
+        with bind_query(query_id if isinstance(query_id, str) else ""):
+            try:
+                answer = method(self, request, context, *a, **k)
+            except errors.DataislandError as exc:
+                error, code, message = exc, status_code(exc), str(exc)
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    metrics.count_limit(exc)
+            except Exception:
+                ref = secrets.token_hex(4)
+                log.exception("unexpected failure in %s (ref %s)", method.__name__, ref)
+                code, message = (
+                    grpc.StatusCode.INTERNAL,
+                    f"internal error (ref {ref}); see the node's log",
+                )
+            else:
+                code, message = grpc.StatusCode.OK, ""
+                # SubmitQuery learns its query id only on the way out: log the line with it.
+                status = getattr(answer, "status", None)
+                query_id = query_id or getattr(status, "query_id", "")
+            elapsed = time.perf_counter() - began
+            metrics.RPCS.labels(service=service, method=method.__name__, code=code.name).inc()
+            metrics.RPC_SECONDS.labels(service=service, method=method.__name__).observe(elapsed)
+            log.info(
+                "%s/%s %s",
+                service,
+                method.__name__,
+                code.name,
+                extra={
+                    **({"query_id": query_id} if isinstance(query_id, str) and query_id else {}),
+                    "rpc": f"{service}/{method.__name__}",
+                    "code": code.name,
+                    "seconds": round(elapsed, 6),
+                    **({"error": message} if code != grpc.StatusCode.OK else {}),
+                },
             )
-        context.abort(code, message)
-        raise AssertionError("unreachable: context.abort raises")
+        if code == grpc.StatusCode.OK:
+            return answer
+        context.abort_with_status(rich_status(code, message, error))
+        raise AssertionError("unreachable: context.abort_with_status raises")
 
     return cast("Callable[Concatenate[S, Req, grpc.ServicerContext, P], Resp]", wrapper)
 
@@ -104,8 +237,13 @@ def serve_until_signalled(
     name: str,
     workers: int = 16,
     on_stop: Callable[[], None] | None = None,
+    max_request_bytes: int = MAX_MESSAGE_BYTES,
+    metrics_server: metrics.MetricsServer | None = None,
 ) -> None:
     """Run a mutual-TLS gRPC server on `address` until SIGTERM or SIGINT, then stop gracefully.
+
+    A request larger than `max_request_bytes` is refused by gRPC itself (RESOURCE_EXHAUSTED,
+    naming both sizes) before any servicer sees it. `metrics_server` runs alongside.
 
     Raises:
         ConfigError: the address cannot be bound.
@@ -118,7 +256,11 @@ def serve_until_signalled(
     from grpc_reflection.v1alpha import reflection
 
     # SO_REUSEPORT off: a second node on the same port must fail, not silently share it.
-    options = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", max_request_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
     server = grpc.server(ThreadPoolExecutor(max_workers=workers), options=options)
     recording = _RecordingServer(server)
     register(cast(grpc.Server, recording))
@@ -139,6 +281,8 @@ def serve_until_signalled(
             f"{name} cannot listen on {address} (in use or not a local address)"
         )
     server.start()
+    if metrics_server is not None:
+        metrics_server.start()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -149,6 +293,8 @@ def serve_until_signalled(
     if on_stop is not None:
         on_stop()
     server.stop(grace=2).wait()
+    if metrics_server is not None:
+        metrics_server.stop()
 
 
 class _RecordingServer:

@@ -10,6 +10,8 @@ Endpoints (c2sp.org/tlog-witness):
   (the committee's ``coordinator`` identity) may call it.
 - ``GET /checkpoint``: the latest checkpoint this witness cosigned, with its cosignature, for any
   verified member of the federation (404 before the first).
+- ``GET /healthz``: 200 with ``{"status": "SERVING", "origin", "size"}`` (JSON; the size it last
+  cosigned), for any verified member of the federation (`health_body`).
 
 TLS: the server's certificate is the witness node's (its department's CA, DNS SAN
 ``witness.<department>.<federation>.dataisland``); clients must present a certificate from one of
@@ -25,22 +27,21 @@ to witnesses yet. This module imports neither the coordinator nor the enclave.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import signal
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 from dataisland.errors import ConfigError, DataislandError
 from dataisland.federation import Federation, NodeConfig, load_federation
+from dataisland.https import MutualTLSHandler, MutualTLSServer, tls_server_context
 from dataisland.identity import Principal, load_certificate
-from dataisland.tls import Authenticator
+from dataisland.tls import Authenticator, metrics_server
 from ledger.errors import (
     LedgerError,
     LogCorruptionError,
@@ -142,6 +143,11 @@ class WitnessService:
         return self._state.checkpoint
 
 
+def health_body(state: WitnessState) -> bytes:
+    """The witness's health answer: serving, for which log, and the size it last cosigned."""
+    return json.dumps({"status": "SERVING", "origin": state.origin, "size": state.size}).encode()
+
+
 def http_status(error: DataislandError) -> HTTPStatus:
     """The tlog-witness HTTP status for an add-checkpoint failure."""
     if isinstance(error, WitnessConflictError):
@@ -157,57 +163,30 @@ def http_status(error: DataislandError) -> HTTPStatus:
     return HTTPStatus.SERVICE_UNAVAILABLE
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(MutualTLSServer):
     # Set by `WitnessHTTPServer`; typed here for the handler.
     service: WitnessService
-    authenticate: Callable[[bytes], Principal]
     may_add: Callable[[Principal], bool]
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Port probes and refused handshakes are not worth a traceback.
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ssl.SSLError, OSError)):
-            log.info("connection from %s dropped: %s", client_address, exc)
-            return
-        super().handle_error(request, client_address)
 
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(MutualTLSHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
-    timeout = 30
 
-    def setup(self) -> None:
-        super().setup()
-        # The TLS handshake runs here, in the request's own thread, not in the accept loop.
-        self.request.do_handshake()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.info("%s %s", self.address_string(), format % args)
-
+    # The shared base's names, kept for the handlers below.
     def _reply(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.reply(status, body, content_type)
 
     def _text(self, status: HTTPStatus, message: str) -> None:
-        self._reply(status, (message + "\n").encode(), "text/plain; charset=utf-8")
+        self.text(status, message)
 
     def _caller(self) -> Principal | None:
-        der = self.request.getpeercert(binary_form=True)
-        try:
-            if not der:
-                raise ConfigError("no client certificate")
-            return self.server.authenticate(der)
-        except DataislandError as exc:
-            self._text(HTTPStatus.FORBIDDEN, f"caller not accepted: {exc}")
-            return None
+        return self.caller()
 
     def do_GET(self) -> None:
         if self._caller() is None:
+            return
+        if self.path == "/healthz":
+            self._reply(HTTPStatus.OK, health_body(self.server.service.state), "application/json")
             return
         if self.path != "/checkpoint":
             self._text(HTTPStatus.NOT_FOUND, "unknown path")
@@ -246,15 +225,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 def server_context(*, certificate: Path, key: Path, client_roots_pem: bytes) -> ssl.SSLContext:
     """A TLS server context that requires a client certificate chained to `client_roots_pem`."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(certificate, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the witness's TLS files {certificate}: {exc}") from None
-    context.load_verify_locations(cadata=client_roots_pem.decode("ascii"))
-    context.verify_mode = ssl.CERT_REQUIRED
-    return context
+    return tls_server_context(
+        certificate=str(certificate), key=str(key), client_roots_pem=client_roots_pem
+    )
 
 
 class WitnessHTTPServer:
@@ -277,38 +250,24 @@ class WitnessHTTPServer:
         authenticate: Callable[[bytes], Principal],
         may_add: Callable[[Principal], bool],
     ) -> None:
-        try:
-            self._server = _Server(address, _Handler, bind_and_activate=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"witness cannot listen on {address[0]}:{address[1]}: {exc.strerror}"
-            ) from None
-        self._server.socket = context.wrap_socket(
-            self._server.socket, server_side=True, do_handshake_on_connect=False
+        self._server = _Server(
+            address, _Handler, context=context, authenticate=authenticate, what="witness"
         )
         self._server.service = service
-        self._server.authenticate = authenticate
         self._server.may_add = may_add
-        self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
         """The bound port."""
-        return int(self._server.server_address[1])
+        return self._server.port
 
     def start(self) -> None:
         """Serve in a background thread."""
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="witness-http", daemon=True
-        )
-        self._thread.start()
+        self._server.start()
 
     def stop(self) -> None:
         """Stop serving and close the socket."""
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
+        self._server.stop()
 
 
 def witness_setup(config: NodeConfig, federation: Federation) -> tuple[Ed25519Verifier, str]:
@@ -377,11 +336,16 @@ def serve_witness(config: NodeConfig) -> None:
         authenticate=authenticate,
         may_add=may_add,
     )
+    metrics = metrics_server(config, authenticator, department=config.department)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     server.start()
+    if metrics is not None:
+        metrics.start()
     log.info("witness %s listening on %s", name, config.listen)
     print(f"witness {config.department} listening on {config.listen}", flush=True)
     stop.wait()
     server.stop()
+    if metrics is not None:
+        metrics.stop()

@@ -26,7 +26,7 @@ from dataisland.v1 import common_pb2, coordinator_pb2_grpc, enclave_pb2, enclave
 DEPARTMENTS = ("qingpu", "wujiang", "jiashan")
 
 
-def free_base_port(count: int = 12) -> int:
+def free_base_port(count: int = 24) -> int:
     """A base port with `count` consecutive free loopback ports above it."""
     for _ in range(200):
         base = random.randrange(20_000, 32_000)  # below the ephemeral range
