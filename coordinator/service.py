@@ -144,7 +144,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         workers: int = 8,
         max_running_per_requester: int | None = None,
         limiter: RateLimiter | None = None,
-        max_sql_bytes: int = 65_536,
+        max_sql_bytes: int = 16_384,
     ) -> None:
         self.attestor = attestor
         self.catalog = catalog

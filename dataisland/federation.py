@@ -309,7 +309,11 @@ class NodeConfig(_Strict):
         default=100, ge=1, description="coordinator: RPCs one caller may make at once"
     )
     max_sql_bytes: int = Field(
-        default=65_536, ge=64, le=1 << 22, description="the longest SQL text accepted (UTF-8)"
+        default=16_384,
+        ge=64,
+        le=16_384,
+        description="the longest SQL text accepted (UTF-8 bytes); at most the envelope "
+        "format's own 16 KiB",
     )
     max_request_bytes: int | None = Field(
         default=None,

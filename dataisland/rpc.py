@@ -19,7 +19,7 @@ import secrets
 import time
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -264,13 +264,15 @@ def serve_until_signalled(
     server = grpc.server(ThreadPoolExecutor(max_workers=workers), options=options)
     recording = _RecordingServer(server)
     register(cast(grpc.Server, recording))
-    # Standard health checking and reflection, so generic tools (grpcurl, buf curl) can call it.
+    services = list(recording.services)
+    # Standard health checking and reflection, so generic tools (grpcurl, buf curl) can call it;
+    # registered through `recording` too, so undecodable requests to them are refused cleanly.
     checker = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
-    for service in ["", *recording.services]:
+    health_pb2_grpc.add_HealthServicer_to_server(checker, cast(grpc.Server, recording))
+    for service in ["", *services]:
         checker.set(service, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
-        [*recording.services, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        [*services, health.SERVICE_NAME, reflection.SERVICE_NAME], cast(grpc.Server, recording)
     )
     try:
         bound = server.add_secure_port(address, credentials)
@@ -297,8 +299,87 @@ def serve_until_signalled(
         metrics_server.stop()
 
 
+class _Undecodable:
+    """What a tolerant deserializer returns for bytes that are not the expected message."""
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def run(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:
+            # gRPC would answer INTERNAL; the handler answers INVALID_ARGUMENT instead.
+            return _UNDECODABLE
+
+    return run
+
+
+def _refuse_undecodable(request: Any, context: grpc.ServicerContext, method: str) -> None:
+    if request is _UNDECODABLE:
+        error = errors.InvalidInputError(f"the request to {method} is not a valid message")
+        metrics.RPCS.labels(
+            service=method.rsplit("/", 2)[-2] if "/" in method else "",
+            method=method.rsplit("/", 1)[-1],
+            code="INVALID_ARGUMENT",
+        ).inc()
+        context.abort_with_status(rich_status(grpc.StatusCode.INVALID_ARGUMENT, str(error), error))
+
+
+def _tolerant_handler(handler: Any, method: str) -> Any:
+    """`handler` with a request that does not decode refused as INVALID_ARGUMENT, not INTERNAL."""
+    if handler is None or handler.request_deserializer is None:
+        return handler
+    changes: dict[str, Any] = {"request_deserializer": _tolerant(handler.request_deserializer)}
+    if handler.unary_unary is not None or handler.unary_stream is not None:
+        kind = "unary_unary" if handler.unary_unary is not None else "unary_stream"
+        inner = getattr(handler, kind)
+
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            _refuse_undecodable(request, context, method)
+            return inner(request, context)
+
+        changes[kind] = unary
+    else:
+        kind = "stream_unary" if handler.stream_unary is not None else "stream_stream"
+        inner = getattr(handler, kind)
+
+        def streaming(requests: Any, context: grpc.ServicerContext) -> Any:
+            def checked() -> Any:
+                for request in requests:
+                    _refuse_undecodable(request, context, method)
+                    yield request
+
+            return inner(checked(), context)
+
+        changes[kind] = streaming
+    return handler._replace(**changes)
+
+
+if TYPE_CHECKING:
+    _Generic = grpc.GenericRpcHandler[Any, Any]
+else:
+    _Generic = grpc.GenericRpcHandler
+
+
+class _TolerantGenericHandler(_Generic):
+    def __init__(self, inner: _Generic) -> None:
+        self.inner = inner
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        return _tolerant_handler(
+            self.inner.service(handler_call_details), str(handler_call_details.method)
+        )
+
+
 class _RecordingServer:
-    """A grpc.Server stand-in that notes which services a servicer registers."""
+    """A grpc.Server stand-in that notes which services a servicer registers and makes every
+    handler refuse undecodable requests with INVALID_ARGUMENT."""
 
     def __init__(self, server: grpc.Server) -> None:
         self._server = server
@@ -309,12 +390,16 @@ class _RecordingServer:
             name = getattr(handler, "service_name", None)
             if callable(name) and str(name()) not in self.services:
                 self.services.append(str(name()))
-        self._server.add_generic_rpc_handlers(handlers)
+        self._server.add_generic_rpc_handlers([_TolerantGenericHandler(h) for h in handlers])
 
     def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
         if service not in self.services:
             self.services.append(service)
-        self._server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
+        tolerant = {
+            name: _tolerant_handler(handler, f"/{service}/{name}")
+            for name, handler in handlers.items()
+        }
+        self._server.add_registered_method_handlers(service, tolerant)  # type: ignore[attr-defined]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)

@@ -42,7 +42,7 @@ class Admission:
         authenticator: Authenticator,
         *,
         clock: Callable[[], dt.datetime],
-        max_sql_bytes: int = 65_536,
+        max_sql_bytes: int = 16_384,
     ) -> None:
         self.authenticator = authenticator
         self.clock = clock

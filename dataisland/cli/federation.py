@@ -237,7 +237,7 @@ threads: 1
 memory_limit: 512MB
 query_timeout_seconds: 30
 # The longest SQL text accepted, in bytes (RESOURCE_EXHAUSTED beyond it).
-max_sql_bytes: 65536
+max_sql_bytes: 16384
 {_metrics_text(metrics_port)}"""
 
 
@@ -258,7 +258,7 @@ query_timeout_seconds: 30
 # on partials: whether a limit trips must not depend on one person's rows).
 max_result_rows: 1000000
 max_result_bytes: 67108864
-max_sql_bytes: 65536
+max_sql_bytes: 16384
 {_metrics_text(metrics_port)}"""
 
 
@@ -287,7 +287,7 @@ max_running_per_requester: 4
 query_workers: 8
 rate_per_caller: 50
 rate_burst: 100
-max_sql_bytes: 65536
+max_sql_bytes: 16384
 max_request_bytes: 4194304
 # Queries waiting for officers' approvals are kept here, so a restart keeps them (template
 # parameters included: this directory is the coordinator's own, never the audit log).
