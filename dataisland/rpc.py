@@ -46,6 +46,11 @@ ERROR_DOMAIN = "dataisland"
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # A restarted node is dialled again within a second or two, not after gRPC's default
+    # backoff of up to two minutes; a node that stays down is still refused at once.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 
 _BY_CODE: dict[str, type[errors.DataislandError]] = {

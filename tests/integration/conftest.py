@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import os
 import random
 import socket
+import ssl
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -223,3 +225,30 @@ def department_evidence(directory: Path, department: str) -> bytes:
         enclave_pb2.AttestRequest(nonce=os.urandom(32)), timeout=20
     )
     return bytes(response.evidence)
+
+
+def https_request(
+    directory: Path,
+    identity: str,
+    address: str,
+    *,
+    ca: bytes,
+    server_name: str,
+    method: str = "GET",
+    path: str = "/",
+) -> tuple[int, bytes]:
+    """One HTTPS request with mutual TLS as `identity` (a witness's or a metrics endpoint)."""
+    department, role, name = identity.split("/")
+    certificate, key = credential_paths(directory, department=department, role=role, name=name)
+    context = ssl.create_default_context(cadata=ca.decode("ascii"))
+    context.load_cert_chain(certificate, key)
+    host, _, port = address.rpartition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    # The certificate names the node's DNS SAN, not the loopback address dialled.
+    raw = socket.create_connection((host, int(port)), timeout=10)
+    connection.sock = context.wrap_socket(raw, server_hostname=server_name)
+    connection.request(method, path, body=b"" if method == "POST" else None)
+    response = connection.getresponse()
+    data = response.read()
+    connection.close()
+    return response.status, data

@@ -11,8 +11,6 @@ lacks one: a new RPC or endpoint is one row in each.
 
 from __future__ import annotations
 
-import http.client
-import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +26,6 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from dataisland.federation import load_federation, load_node_config
-from dataisland.identity import credential_paths
 from dataisland.supervisor import FederationProcesses
 from dataisland.tls import secure_channel
 from dataisland.v1 import (
@@ -39,7 +36,7 @@ from dataisland.v1 import (
     enclave_pb2,
     enclave_pb2_grpc,
 )
-from tests.integration.conftest import credentials_of
+from tests.integration.conftest import credentials_of, https_request
 
 Server = Literal["coordinator", "aggregator", "enclave", "witness"]
 Outcome = Literal["allowed", "denied", "tls"]
@@ -372,20 +369,9 @@ def _grpc_outcome(call: GrpcCall, channel: grpc.Channel) -> tuple[Outcome, str]:
 def _https(
     directory: Path, identity: str, target: Target, *, address: str, method: str, path: str
 ) -> tuple[int, bytes]:
-    department, role, name = identity.split("/")
-    certificate, key = credential_paths(directory, department=department, role=role, name=name)
-    context = ssl.create_default_context(cadata=target.ca.decode("ascii"))
-    context.load_cert_chain(certificate, key)
-    host, _, port = address.rpartition(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=10)
-    # The certificate names the node's DNS SAN, not the loopback address dialled.
-    raw = socket.create_connection((host, int(port)), timeout=10)
-    connection.sock = context.wrap_socket(raw, server_hostname=target.dns)
-    connection.request(method, path, body=b"" if method == "POST" else None)
-    response = connection.getresponse()
-    data = response.read()
-    connection.close()
-    return response.status, data
+    return https_request(
+        directory, identity, address, ca=target.ca, server_name=target.dns, method=method, path=path
+    )
 
 
 def _http_outcome(status: int, body: bytes) -> Outcome:
