@@ -247,3 +247,26 @@ def test_one_witness_down_then_back(fed: Path, nodes: FederationProcesses) -> No
         while _witness_size(fed, "jiashan") < latest:
             assert time.monotonic() < deadline, "the witness did not catch up"
             time.sleep(0.2)
+
+
+def test_one_requesters_stuck_queries_do_not_starve_another(
+    fed: Path, nodes: FederationProcesses
+) -> None:
+    # jiashan frozen: every claims query hangs in its fan-out, as an expensive one would. The
+    # flooding requester queues more than all the coordinator's workers; another requester's
+    # question that jiashan is not part of is still answered.
+    with client_for(fed) as flooding, client_for(fed, "wujiang/requester/analyst") as other:
+        flooding.query(CLAIMS, purpose="statistics")
+        victim = _node(nodes, "jiashan")
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            stuck = [flooding.submit(CLAIMS, purpose="statistics").query_id for _ in range(12)]
+            assert other.query(WATER, purpose="statistics").rows
+            states = [
+                flooding._stub.GetResult(coordinator_pb2.GetResultRequest(query_id=q)).status.state
+                for q in stuck
+            ]
+            assert set(states) == {coordinator_pb2.QUERY_STATE_RUNNING}
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+        assert {flooding.wait(q).state for q in stuck} == {SUCCEEDED}
