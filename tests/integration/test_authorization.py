@@ -11,6 +11,7 @@ lacks one: a new RPC or endpoint is one row in each.
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -448,3 +449,35 @@ def test_the_readme_table_lists_every_row() -> None:
     table = table[: table.index("\n\n")]
     missing = sorted({_listed_as(row) for row in MATRIX if f"`{_listed_as(row)}`" not in table})
     assert not missing, f"README's roles table lacks {missing}"
+
+
+def test_no_client_certificate_gets_nothing_anywhere(
+    running: FederationProcesses, federation_dir: Path
+) -> None:
+    targets = _targets(federation_dir)
+    for server in ("coordinator", "aggregator", "enclave"):
+        target = targets[server]
+        # Server-authenticated TLS only: the handshake fails, no RPC runs.
+        credentials = grpc.ssl_channel_credentials(root_certificates=target.ca)
+        options = [("grpc.ssl_target_name_override", target.dns)]
+        with grpc.secure_channel(target.grpc_address, credentials, options=options) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE, server
+    for target, address in (
+        (targets["witness"], targets["witness"].https_address),
+        (targets["enclave"], targets["enclave"].metrics_address),
+    ):
+        with pytest.raises((ssl.SSLError, OSError)):
+            _https_without_certificate(target, address)
+
+
+def _https_without_certificate(target: Target, address: str) -> None:
+    context = ssl.create_default_context(cadata=target.ca.decode("ascii"))
+    host, _, port = address.rpartition(":")
+    raw = socket.create_connection((host, int(port)), timeout=10)
+    with context.wrap_socket(raw, server_hostname=target.dns) as tls:
+        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        if not tls.recv(1):
+            raise ConnectionResetError("closed without an answer")
