@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -96,17 +97,7 @@ def serve_coordinator(config: NodeConfig) -> None:
 
     # Every enclave and the aggregator is attested before a query goes to it; accepted evidence
     # and refusals go to the audit log when there is one.
-    sink = audit
-
-    def log_evidence(attested: AttestedEnclave) -> None:
-        metrics.ATTESTATIONS.labels(node=attested.node).inc()
-        if sink is not None:
-            sink.append(attestation_entry(attested, verified_at=utc_now()))
-
-    def log_failure(error: AttestationError) -> None:
-        metrics.ATTESTATION_FAILURES.labels(node=error.node, check=error.check).inc()
-        if sink is not None:
-            sink.append(attestation_failure_entry(error, failed_at=utc_now()))
+    log_evidence, log_failure = attestation_callbacks(audit, clock=utc_now)
 
     # One token bucket per caller, shared by CoordinatorService and AuditService.
     limiter = RateLimiter(
@@ -164,6 +155,25 @@ def serve_coordinator(config: NodeConfig) -> None:
     finally:
         if audit is not None:
             audit.close()
+
+
+def attestation_callbacks(
+    audit: AuditLog | None, *, clock: Callable[[], dt.datetime]
+) -> tuple[Callable[[AttestedEnclave], None], Callable[[AttestationError], None]]:
+    """What the `Attestor` calls on each verified and each refused piece of evidence: count it
+    (dataisland/metrics.py) and, with an audit log, log it."""
+
+    def verified(attested: AttestedEnclave) -> None:
+        metrics.ATTESTATIONS.labels(node=attested.node).inc()
+        if audit is not None:
+            audit.append(attestation_entry(attested, verified_at=clock()))
+
+    def failed(error: AttestationError) -> None:
+        metrics.ATTESTATION_FAILURES.labels(node=error.node, check=error.check).inc()
+        if audit is not None:
+            audit.append(attestation_failure_entry(error, failed_at=clock()))
+
+    return verified, failed
 
 
 def watch_log(audit: AuditLog) -> None:
