@@ -11,6 +11,10 @@ the enclaves, never in the audit log), and the approvals so far.
 This directory is the coordinator's, on the coordinator's host: it is trusted for nothing. The
 enclaves verify the envelope, the approvals and freshness themselves when the query runs, and
 the audit log (not this directory) is the record of what was decided.
+
+A query that was running when the coordinator died is not resumed (an enclave may already have
+run it and would refuse the replay): `settle_interrupted` ends it FAILED with UNAVAILABLE, in the
+log and in the book, so its requester learns what happened instead of NOT_FOUND.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from pathlib import Path
 
 from coordinator.audit import AuditLog
 from coordinator.book import QueryBook, QueryRecord
-from dataisland.errors import ConfigError
+from dataisland.canonical import parse_rfc3339
+from dataisland.errors import ConfigError, DataislandError
 from dataisland.v1 import common_pb2, coordinator_pb2
 from ledger.entries import DenialEntry, Entry, FailureEntry, QueryEntry
 from ledger.errors import LedgerError
@@ -219,3 +224,67 @@ def restore_pending(
         if record.state == coordinator_pb2.QUERY_STATE_RUNNING:
             start(record)
     return restored
+
+
+INTERRUPTED = (
+    "the coordinator restarted while this query was running; nothing was released; "
+    "submit it again with a new request id"
+)
+
+
+def settle_interrupted(audit: AuditLog, book: QueryBook) -> list[str]:
+    """End every query the log shows submitted, neither finished nor kept in `book`, as FAILED
+    (UNAVAILABLE) in the log and the book; return their ids.
+
+    Runs once at start, after `restore_pending`: such a query was running (or waiting without a
+    state directory to keep it) when the coordinator died.
+    """
+    submitted: dict[str, QueryEntry] = {}
+    finished: set[str] = set()
+    for data in audit.storage.entries():
+        try:
+            entry = Entry.from_bytes(data)
+        except LedgerError:
+            continue
+        if isinstance(entry, QueryEntry) and entry.decision in ("allowed", "pending"):
+            submitted.setdefault(entry.query_id, entry)
+        elif isinstance(entry, (DenialEntry, FailureEntry, QueryEntry)) and entry.query_id:
+            finished.add(entry.query_id)
+    settled = []
+    for query_id, entry in submitted.items():
+        if query_id in finished or _kept(book, query_id):
+            continue
+        record = QueryRecord(
+            query_id=query_id,
+            requester=entry.requester,
+            request_id=entry.request_id,
+            envelope_digest=bytes.fromhex(entry.envelope_digest),
+            envelope=common_pb2.SignedEnvelope(),
+            purpose=entry.purpose,
+            canonical_sql=entry.sql,
+            query_hash=entry.query_hash,
+            departments=(),
+            submitted_at=parse_rfc3339(entry.submitted_at).timestamp(),
+            decision=coordinator_pb2.DECISION_NEEDS_APPROVAL
+            if entry.decision == "pending"
+            else coordinator_pb2.DECISION_ALLOW,
+        )
+        record.log_index = audit.first_index(query_id)
+        book.restore(record)
+        book.finish(
+            record,
+            coordinator_pb2.QUERY_STATE_FAILED,
+            error=common_pb2.ErrorDetail(code="UNAVAILABLE", message=INTERRUPTED),
+        )
+        settled.append(query_id)
+    if settled:
+        log.warning("%d queries were running when the coordinator stopped; failed", len(settled))
+    return settled
+
+
+def _kept(book: QueryBook, query_id: str) -> bool:
+    try:
+        book.get_any(query_id)
+    except DataislandError:
+        return False
+    return True

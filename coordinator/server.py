@@ -13,7 +13,7 @@ from coordinator.audit import AuditedBook, AuditLog
 from coordinator.audit_service import AuditServicer
 from coordinator.book import QueryBook
 from coordinator.judge import Judge
-from coordinator.pending import PendingStore, restore_pending
+from coordinator.pending import PendingStore, restore_pending, settle_interrupted
 from coordinator.service import Coordinator
 from dataisland import metrics
 from dataisland.attestation import AttestationError, AttestedEnclave, TrustAnchors
@@ -130,8 +130,11 @@ def serve_coordinator(config: NodeConfig) -> None:
         limiter=limiter,
         max_sql_bytes=config.max_sql_bytes,
     )
+    # After a restart: queries waiting for approvals come back; those that were running end.
     if pending is not None:
         restore_pending(pending, book, audit=audit, start=servicer.start)
+    if audit is not None:
+        settle_interrupted(audit, book)
 
     def register(server: grpc.Server) -> None:
         coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, server)

@@ -191,11 +191,23 @@ def test_the_coordinator_killed_keeps_pending_approvals_and_every_entry(
             key = load_private_key(officer_key_path(fed, "qingpu").read_bytes())
             listed = {p.query_id: p for p in officer.pending_approvals()}
             officer.approve(listed[pending.query_id], signing_key=key)
-        before = all_entries(fed)
-        _kill(_node(nodes, "coordinator"))
-        _restart(nodes, "coordinator")
-        # Every acknowledged entry is still there, in place.
+        # And one query running when the coordinator dies (its fan-out waits on frozen jiashan).
+        with client_for(fed) as analyst:
+            jiashan = _node(nodes, "jiashan")
+            running = _freeze_and_submit(analyst, jiashan, CLAIMS)
+            before = all_entries(fed)
+            _kill(_node(nodes, "coordinator"))
+            os.kill(jiashan.pid, signal.SIGCONT)
+            _restart(nodes, "coordinator")
+            # The running query is not resumed: it failed, said so, and released nothing.
+            interrupted = analyst.wait(running)
+            assert interrupted.state == FAILED
+            assert interrupted.error.code == "UNAVAILABLE"
+            assert "restarted" in interrupted.error.message
+        # Every acknowledged entry is still there, in place, and the interrupted query's end.
+        after = _entries(fed)
         assert all_entries(fed)[: len(before)] == before
+        assert any(isinstance(e, FailureEntry) and e.query_id == running for e in after)
         kept = client._stub.GetResult(coordinator_pb2.GetResultRequest(query_id=pending.query_id))
         assert kept.status.state == PENDING
         for department in ("wujiang", "jiashan"):
