@@ -308,7 +308,7 @@ def build_federation(
         seed: the synthetic data's seed.
     """
     federation = init_federation(
-        directory, DEPARTMENTS, name="bench", base_port=free_base_port(NODE_COUNT)
+        directory, DEPARTMENTS, name="bench", base_port=free_base_port(2 * NODE_COUNT)
     )
     if resources is not None:
         tune_nodes(directory, resources)

@@ -32,6 +32,7 @@ from dataisland.cli.federation import (
     _populate_demo,
     free_base_port,
     init_federation,
+    ports_needed,
 )
 from dataisland.cli.identity import issue_identity
 from dataisland.client import Client, QueryFailedError
@@ -69,7 +70,7 @@ def main() -> None:
             directory,
             departments,
             name="load",
-            base_port=free_base_port(2 * len(departments) + 3),
+            base_port=free_base_port(ports_needed(len(departments))),
         )
         _populate_demo(directory, federation, args.rows, 2024)
         coordinator_config = directory / "nodes" / "coordinator.yaml"

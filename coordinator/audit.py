@@ -43,7 +43,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from coordinator.book import QueryBook, QueryRecord
 from dataisland.approvals import Approval, TemplateApproval, is_template_approval
@@ -80,6 +80,9 @@ from ledger.storage import LogStorage, LogWriter
 from ledger.witness_client import PUSH_BYTES, WitnessClient, WitnessError, decode_lines
 from policies.document import Policy
 from policies.signing import decode_signatures
+
+if TYPE_CHECKING:
+    from coordinator.pending import PendingStore
 
 log = logging.getLogger("dataisland.coordinator.audit")
 
@@ -499,6 +502,18 @@ class AuditLog:
         """The latest recorded checkpoint (a quorum cosigned it)."""
         return self.storage.latest_checkpoint()
 
+    def checkpointed_size(self) -> int:
+        """The size of the latest recorded checkpoint (-1 before the first), for metrics."""
+        return self._latest_size()
+
+    def witness_names(self) -> list[str]:
+        """The witnesses' names, in the federation file's order."""
+        return [w.name for w in self.witnesses]
+
+    def witness_sizes(self) -> dict[str, int]:
+        """The size each witness last cosigned, as far as this log knows (for metrics)."""
+        return dict(self._known)
+
     def start(self) -> None:
         """Start the checkpointing thread."""
         self._thread = threading.Thread(target=self._loop, name="checkpointer", daemon=True)
@@ -846,12 +861,14 @@ class AuditedBook(QueryBook):
         max_queries: int,
         clock: Callable[[], float],
         max_unfinished_per_requester: int = 16,
+        pending: PendingStore | None = None,
     ) -> None:
         super().__init__(
             retention_seconds=retention_seconds,
             max_queries=max_queries,
             clock=clock,
             max_unfinished_per_requester=max_unfinished_per_requester,
+            pending=pending,
         )
         self.audit = audit
         self._finishing: set[str] = set()

@@ -12,6 +12,7 @@ import grpc
 from coordinator.audit import AuditLog
 from dataisland.errors import InvalidInputError
 from dataisland.identity import Principal
+from dataisland.limits import RateLimiter
 from dataisland.rpc import guarded
 from dataisland.tls import Authenticator, require_role
 from dataisland.v1 import audit_pb2, audit_pb2_grpc
@@ -31,13 +32,22 @@ MAX_RECEIPT_WAIT = 10.0
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     """AuditService over the coordinator's log."""
 
-    def __init__(self, *, audit: AuditLog, authenticator: Authenticator) -> None:
+    def __init__(
+        self,
+        *,
+        audit: AuditLog,
+        authenticator: Authenticator,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.audit = audit
         self.authenticator = authenticator
+        self.limiter = limiter
 
     def _caller(self, context: grpc.ServicerContext, roles: frozenset[str], rpc: str) -> Principal:
         principal, _ = self.authenticator.caller(context)
         require_role(principal, roles, rpc=rpc)
+        if self.limiter is not None:
+            self.limiter.take(principal.spiffe_id)
         return principal
 
     @guarded

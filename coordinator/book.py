@@ -8,24 +8,37 @@ RESOURCE_EXHAUSTED. After eviction GetResult answers NOT_FOUND and the same requ
 new query; the audit log, not this book, is the permanent record.
 
 The book holds no rows and no partials: only released results, which the requester may see.
-It does no I/O; the clock is passed in.
+It does no I/O of its own: the clock is passed in, and a query waiting for approvals is handed to
+the `PendingStore` given (coordinator/pending.py) so a restart keeps it. It counts decisions and
+outcomes (dataisland/metrics.py) and logs every failure with its query id.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from google.protobuf.descriptor import EnumDescriptor
+
+from dataisland import metrics
 from dataisland.errors import (
     DataislandError,
     ExecutionError,
+    NodeUnavailableError,
     NotFoundError,
     PermissionDeniedError,
     ResourceLimitError,
 )
 from dataisland.v1 import common_pb2, coordinator_pb2, enclave_pb2
 from ledger.entries import Entry
+
+if TYPE_CHECKING:
+    from coordinator.pending import PendingStore
+
+log = logging.getLogger("dataisland.coordinator.book")
 
 FINAL_STATES = frozenset(
     {
@@ -87,7 +100,9 @@ class QueryBook:
         max_queries: int,
         clock: Callable[[], float],
         max_unfinished_per_requester: int = 16,
+        pending: PendingStore | None = None,
     ) -> None:
+        self.pending_store = pending
         self.retention_seconds = retention_seconds
         self.max_queries = max_queries
         self.max_unfinished_per_requester = max_unfinished_per_requester
@@ -117,7 +132,10 @@ class QueryBook:
             if len(self._by_id) >= self.max_queries:
                 raise ResourceLimitError(
                     f"the coordinator already tracks {self.max_queries} unfinished queries; "
-                    "retry later"
+                    "retry later (retention_max_queries)",
+                    limit="retention_max_queries",
+                    subject="the coordinator",
+                    retry_after=1.0,
                 )
             # One requester cannot starve the others: its unfinished queries are capped.
             mine = sum(
@@ -128,11 +146,45 @@ class QueryBook:
             if mine >= self.max_unfinished_per_requester:
                 raise ResourceLimitError(
                     f"{record.requester} already has {mine} unfinished queries, the most one "
-                    "requester may have; wait for one to finish"
+                    "requester may have (max_unfinished_per_requester); wait for one to finish",
+                    limit="max_unfinished_per_requester",
+                    subject=record.requester,
+                    retry_after=1.0,
                 )
             self._by_id[record.query_id] = record
             self._by_request[(record.requester, record.request_id)] = record.query_id
-            return record
+        if record.state == coordinator_pb2.QUERY_STATE_PENDING:
+            self._keep(record, undo=True)
+        metrics.QUERIES.labels(
+            decision=_name(coordinator_pb2.Decision.DESCRIPTOR, record.decision)
+        ).inc()
+        return record
+
+    def _keep(self, record: QueryRecord, *, undo: bool) -> None:
+        """Hand a query waiting for approvals to the pending store, durably.
+
+        Raises:
+            NodeUnavailableError: it could not be kept (with `undo`, the query is dropped).
+        """
+        if self.pending_store is None:
+            return
+        try:
+            self.pending_store.save(record)
+        except OSError as exc:
+            if undo:
+                with self.lock:
+                    self._by_id.pop(record.query_id, None)
+                    self._by_request.pop((record.requester, record.request_id), None)
+            raise NodeUnavailableError(
+                f"the coordinator could not keep query {record.query_id} for its approvals: "
+                f"{exc.strerror or exc}"
+            ) from None
+
+    def restore(self, record: QueryRecord) -> None:
+        """Put back a query the pending store kept across a restart (not counted again)."""
+        with self.lock:
+            self._by_id[record.query_id] = record
+            self._by_request[(record.requester, record.request_id)] = record.query_id
 
     def get(self, requester: str, query_id: str) -> QueryRecord:
         """The requester's own query `query_id`.
@@ -179,10 +231,11 @@ class QueryBook:
                 )
             record.waiting_for.discard(department)
             record.approvals[department] = approval
-            if record.waiting_for:
-                return False
-            record.state = coordinator_pb2.QUERY_STATE_RUNNING
-            return True
+            if not record.waiting_for:
+                record.state = coordinator_pb2.QUERY_STATE_RUNNING
+        # Approvals are kept until the query ends, so a restart neither loses nor repeats them.
+        self._keep(record, undo=False)
+        return record.state == coordinator_pb2.QUERY_STATE_RUNNING
 
     def get_any(self, query_id: str) -> QueryRecord:
         """A retained query by id, whoever asked it (for officers acting on it).
@@ -232,7 +285,26 @@ class QueryBook:
             for name, value in changes.items():
                 setattr(record, name, value)
         record.done.set()
+        self._observe(record)
         return True
+
+    def _observe(self, record: QueryRecord) -> None:
+        state = _name(coordinator_pb2.QueryState.DESCRIPTOR, record.state)
+        code = record.error.code if record.error is not None and record.error.code else "OK"
+        metrics.QUERY_OUTCOMES.labels(state=state, code=code).inc()
+        metrics.QUERY_SECONDS.labels(state=state).observe(
+            max(0.0, (record.finished_at or record.submitted_at) - record.submitted_at)
+        )
+        if record.state == coordinator_pb2.QUERY_STATE_FAILED and record.error is not None:
+            log.warning(
+                "query %s failed: %s %s",
+                record.query_id,
+                record.error.code,
+                record.error.message,
+                extra={"query_id": record.query_id, "code": record.error.code},
+            )
+        if self.pending_store is not None and (record.approvals or record.waiting_for):
+            self.pending_store.remove(record.query_id)
 
     def _evict(self) -> None:
         # Oldest finished first: expired ones always go; younger ones only to make room.
@@ -247,3 +319,12 @@ class QueryBook:
                 break
             del self._by_id[record.query_id]
             del self._by_request[(record.requester, record.request_id)]
+
+
+def _name(enum: EnumDescriptor, value: int) -> str:
+    """`DECISION_NEEDS_APPROVAL` -> `needs_approval`, `QUERY_STATE_FAILED` -> `failed`."""
+    found = enum.values_by_number.get(value)
+    name = found.name if found is not None else "UNSPECIFIED"
+    for prefix in ("DECISION_", "QUERY_STATE_"):
+        name = name.removeprefix(prefix)
+    return name.lower()

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TypeVar
 
 import grpc
@@ -32,6 +32,7 @@ from coordinator.attestation import Attestor, verify_result
 from coordinator.audit import partial_ref
 from coordinator.book import FINAL_STATES, QueryBook, QueryRecord
 from coordinator.judge import Judge, reasons_to_proto, waiting_for
+from coordinator.scheduler import FairScheduler
 from dataisland.approvals import TemplateApproval, is_template_approval
 from dataisland.canonical import QueryEnvelope, query_hash
 from dataisland.catalog import Catalog
@@ -47,6 +48,8 @@ from dataisland.errors import (
     RequestIdReusedError,
 )
 from dataisland.identity import Principal
+from dataisland.limits import RateLimiter, check_sql_length
+from dataisland.logs import bind_query
 from dataisland.rpc import error_from_rpc, guarded
 from dataisland.tls import Authenticator, require_role
 from dataisland.v1 import (
@@ -142,6 +145,9 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         attestor: Attestor,
         clock: Callable[[], float] = time.time,
         workers: int = 8,
+        max_running_per_requester: int | None = None,
+        limiter: RateLimiter | None = None,
+        max_sql_bytes: int = 16_384,
     ) -> None:
         self.attestor = attestor
         self.catalog = catalog
@@ -157,13 +163,26 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.query_timeout = query_timeout
         self.book = book
         self.clock = clock
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="query")
+        self.limiter = limiter
+        self.max_sql_bytes = max_sql_bytes
+        # Fan-outs run fairly across requesters (coordinator/scheduler.py).
+        self.scheduler = FairScheduler(
+            workers=workers, per_key=max_running_per_requester or workers
+        )
 
     def close(self) -> None:
         """Stop accepting work and cancel the running fan-outs."""
         for record in self.book.unfinished():
             record.cancel_requested.set()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.scheduler.close()
+
+    def start(self, record: QueryRecord) -> None:
+        """Queue `record`'s fan-out behind its requester's others (fairly, among requesters)."""
+        self.scheduler.submit(record.requester, partial(self._run_logged, record))
+
+    def _run_logged(self, record: QueryRecord) -> None:
+        with bind_query(record.query_id):
+            self._run(record)
 
     # -- requester API ------------------------------------------------------------------------
 
@@ -179,6 +198,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
             now=dt.datetime.fromtimestamp(self.clock(), dt.UTC),
         )
         envelope = checked.envelope
+        check_sql_length(envelope.sql, limit=self.max_sql_bytes)
         digest = envelope.digest()
         existing = self.book.find_request(requester, envelope.request_id)
         if existing is not None:
@@ -229,7 +249,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                     ),
                 )
             elif decision.verdict is Verdict.ALLOW:
-                self.pool.submit(self._run, record)
+                self.start(record)
             else:
                 self._apply_standing_approvals(record)
         return coordinator_pb2.SubmitQueryResponse(status=self._status(self._same(stored, digest)))
@@ -258,7 +278,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                     continue
                 self._standing[key] = (message, approval, used + 1)
             if self.book.approve(record, department, message):
-                self.pool.submit(self._run, record)
+                self.start(record)
 
     @guarded
     def GetResult(
@@ -319,6 +339,8 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ) -> tuple[Principal, x509.Certificate]:
         principal, certificate = self.authenticator.caller(context)
         require_role(principal, REQUESTER_ROLES, rpc=rpc)
+        if self.limiter is not None:
+            self.limiter.take(principal.spiffe_id)
         return principal, certificate
 
     # -- officers ------------------------------------------------------------------------------
@@ -373,7 +395,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 # This query uses the first run; later ones of the same template attach it.
                 self._standing[key] = (request.approval, template, 1)
             if self.book.approve(record, officer.department, request.approval):
-                self.pool.submit(self._run, record)
+                self.start(record)
             return coordinator_pb2.ApproveQueryResponse(status=self._status(record))
         approval = verify_approval(
             request.approval.approval,
@@ -392,7 +414,7 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 f"{officer} may not present an approval signed by officer {approval.officer}"
             )
         if self.book.approve(record, officer.department, request.approval):
-            self.pool.submit(self._run, record)
+            self.start(record)
         return coordinator_pb2.ApproveQueryResponse(status=self._status(record))
 
     @guarded
@@ -419,6 +441,8 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def _officer(self, context: grpc.ServicerContext, rpc: str) -> Principal:
         principal, _ = self.authenticator.caller(context)
         require_role(principal, {"officer"}, rpc=rpc)
+        if self.limiter is not None:
+            self.limiter.take(principal.spiffe_id)
         return principal
 
     # -- the fan-out ----------------------------------------------------------------------------

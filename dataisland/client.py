@@ -39,7 +39,7 @@ from dataisland.envelopes import sign
 from dataisland.errors import ConfigError, DataislandError
 from dataisland.federation import load_federation
 from dataisland.identity import credential_paths, load_certificate, load_private_key, principal_of
-from dataisland.rpc import error_from_rpc
+from dataisland.rpc import error_details, error_from_rpc
 from dataisland.tls import KeyPair, secure_channel
 from dataisland.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
@@ -54,14 +54,28 @@ FINAL = frozenset(
 
 
 class QueryFailedError(DataislandError):
-    """The query was refused, failed, was denied or cancelled; `code` is the gRPC status name."""
+    """The query was refused, failed, was denied or cancelled; `code` is the gRPC status name.
+
+    Attributes:
+        reason: the server's google.rpc.ErrorInfo reason (e.g. ``MALFORMED_QUERY``), when the
+            call itself was refused; empty for a query that failed after it was accepted.
+        retry_after: seconds the server asked to wait (google.rpc.RetryInfo), if it did.
+    """
 
     def __init__(
-        self, code: str, message: str, *, reasons: Sequence[common_pb2.Reason] = ()
+        self,
+        code: str,
+        message: str,
+        *,
+        reasons: Sequence[common_pb2.Reason] = (),
+        reason: str = "",
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.reasons = list(reasons)
+        self.reason = reason
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -346,7 +360,15 @@ class Client:
             reached = error.code not in {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
             # The coordinator answered: its message stands on its own.
             message = (exc.details() if isinstance(exc, grpc.Call) else None) if reached else None
-            raise QueryFailedError(error.code, message or str(error)) from None
+            reason, retry_after = "", None
+            for detail in error_details(exc):
+                if hasattr(detail, "reason"):
+                    reason = str(detail.reason)
+                if hasattr(detail, "retry_delay"):
+                    retry_after = detail.retry_delay.ToNanoseconds() / 1e9
+            raise QueryFailedError(
+                error.code, message or str(error), reason=reason, retry_after=retry_after
+            ) from None
 
 
 def _raise_unless_succeeded(status: coordinator_pb2.QueryStatus) -> None:

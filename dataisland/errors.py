@@ -40,9 +40,17 @@ class UnknownTableError(DataislandError):
 
 
 class InvalidInputError(DataislandError):
-    """A request field is missing, malformed or out of range (named in the message)."""
+    """A request field is missing, malformed or out of range (named in the message).
+
+    Attributes:
+        field: the request field at fault, when one is (it goes into a google.rpc.BadRequest).
+    """
 
     code = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class CanonicalEncodingError(DataislandError):
@@ -94,9 +102,29 @@ class QueryDeadlineError(DataislandError):
 
 
 class ResourceLimitError(DataislandError):
-    """A request or result exceeds a configured limit (named in the message)."""
+    """A request or result exceeds a configured limit (named in the message).
+
+    Attributes:
+        limit: the configuration setting that set the limit (a google.rpc.QuotaFailure names it).
+        subject: whom or what the limit applies to (a requester, "the released result").
+        retry_after: seconds after which the same request may succeed (a google.rpc.RetryInfo),
+            or None when retrying unchanged will not help.
+    """
 
     code = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: str = "",
+        subject: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.subject = subject
+        self.retry_after = retry_after
 
 
 class QueryCancelledError(DataislandError):

@@ -298,6 +298,49 @@ class NodeConfig(_Strict):
     max_unfinished_per_requester: int = Field(
         default=16, ge=1, description="queries one requester may have pending or running"
     )
+    max_running_per_requester: int = Field(
+        default=4,
+        ge=1,
+        description="coordinator: fan-outs of one requester run at once; the rest queue, so "
+        "one requester's expensive queries cannot take every worker",
+    )
+    query_workers: int = Field(
+        default=8, ge=1, le=256, description="coordinator: fan-outs running at once in total"
+    )
+    rate_per_caller: float = Field(
+        default=50.0,
+        gt=0,
+        description="coordinator: RPCs per second one caller may make, sustained (token bucket)",
+    )
+    rate_burst: int = Field(
+        default=100, ge=1, description="coordinator: RPCs one caller may make at once"
+    )
+    max_sql_bytes: int = Field(
+        default=16_384,
+        ge=64,
+        le=16_384,
+        description="the longest SQL text accepted (UTF-8 bytes); at most the envelope "
+        "format's own 16 KiB",
+    )
+    max_request_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        le=1 << 30,
+        description="largest gRPC message this node receives; default 4 MiB, the aggregator "
+        "256 MiB (it receives every partial of a query in one message)",
+    )
+    max_result_bytes: int = Field(
+        default=64 << 20,
+        ge=1024,
+        description="aggregator: the largest released result (canonical cells), in bytes",
+    )
+    metrics_listen: str | None = Field(
+        default=None, description="HOST:PORT of this node's Prometheus endpoint (mutual TLS)"
+    )
+    state_dir: Path | None = Field(
+        default=None,
+        description="coordinator: where queries waiting for approval are kept across restarts",
+    )
     log_dir: Path | None = Field(default=None, description="coordinator: the audit log directory")
     log_key: Path | None = Field(default=None, description="coordinator: the log's Ed25519 key")
     witness_key: Path | None = Field(default=None, description="witness: its cosigning key")
@@ -310,6 +353,18 @@ class NodeConfig(_Strict):
     )
 
     _address = field_validator("listen")(_check_address)
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_address(cls, value: str | None) -> str | None:
+        return None if value is None else _check_address(value)
+
+    @property
+    def request_limit(self) -> int:
+        """The largest gRPC message this node accepts (`max_request_bytes` or its role's)."""
+        if self.max_request_bytes is not None:
+            return self.max_request_bytes
+        return 256 << 20 if self.role == "aggregator" else 4 << 20
 
     @model_validator(mode="after")
     def _role_fields(self) -> NodeConfig:
@@ -332,6 +387,8 @@ class NodeConfig(_Strict):
             self.witness_key is not None or self.witness_state is not None
         ):
             raise ValueError("only a witness takes 'witness_key' and 'witness_state'")
+        if self.role != "coordinator" and self.state_dir is not None:
+            raise ValueError("only the coordinator takes 'state_dir'")
         if self.role not in ("department", "aggregator") and (self.platform or self.debug):
             raise ValueError("only an enclave node takes 'platform' and 'debug'")
         return self
@@ -430,7 +487,7 @@ def load_node_config(path: Path) -> NodeConfig:
             "shard": None if config.shard is None else base / config.shard,
             **{
                 name: base / value
-                for name in ("log_dir", "log_key", "witness_key", "witness_state")
+                for name in ("log_dir", "log_key", "witness_key", "witness_state", "state_dir")
                 if (value := getattr(config, name)) is not None
             },
         }

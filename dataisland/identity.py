@@ -30,8 +30,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from dataisland.errors import DataislandError, InvalidInputError
 
-Role = Literal["requester", "officer", "auditor", "enclave", "witness", "coordinator", "aggregator"]
-PERSON_ROLES: frozenset[str] = frozenset({"requester", "officer", "auditor"})
+Role = Literal[
+    "requester", "officer", "auditor", "operator", "enclave", "witness", "coordinator", "aggregator"
+]
+PERSON_ROLES: frozenset[str] = frozenset({"requester", "officer", "auditor", "operator"})
 NODE_ROLES: frozenset[str] = frozenset({"enclave", "witness", "coordinator", "aggregator"})
 ROLES: frozenset[str] = PERSON_ROLES | NODE_ROLES
 

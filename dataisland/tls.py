@@ -22,7 +22,9 @@ from cryptography import x509
 
 from dataisland.errors import ConfigError, PermissionDeniedError
 from dataisland.federation import Federation, NodeConfig
+from dataisland.https import tls_server_context
 from dataisland.identity import Principal, TrustStore, UnauthenticatedError, load_certificate
+from dataisland.metrics import MetricsServer, operator_of
 from dataisland.rpc import CHANNEL_OPTIONS
 
 
@@ -169,3 +171,33 @@ def secure_channel(
     )
     options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", server_name)]
     return grpc.secure_channel(address, credentials, options=options)
+
+
+def metrics_server(
+    config: NodeConfig, authenticator: Authenticator, *, department: str
+) -> MetricsServer | None:
+    """The node's metrics endpoint when its configuration names `metrics_listen`, else None.
+
+    It presents the node's own TLS certificate and answers only operators of `department`
+    (dataisland/metrics.py), each verified in full like any other caller.
+
+    Raises:
+        ConfigError: the TLS files cannot be loaded or the address cannot be bound.
+    """
+    if config.metrics_listen is None:
+        return None
+
+    def authenticate(der: bytes) -> Principal:
+        return authenticator.verify(load_certificate(der))
+
+    context = tls_server_context(
+        certificate=str(config.tls.certificate),
+        key=str(config.tls.key),
+        client_roots_pem=authenticator.roots_pem(),
+    )
+    return MetricsServer(
+        config.metrics_listen,
+        context=context,
+        authenticate=authenticate,
+        may_read=operator_of(department),
+    )

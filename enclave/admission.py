@@ -28,6 +28,7 @@ from dataisland.envelopes import (
 )
 from dataisland.errors import ReplayedEnvelopeError
 from dataisland.identity import Principal, UnauthenticatedError, load_certificate
+from dataisland.limits import check_sql_length
 from dataisland.tls import Authenticator, require_role
 from dataisland.v1 import common_pb2
 
@@ -35,9 +36,16 @@ from dataisland.v1 import common_pb2
 class Admission:
     """Checks callers and envelopes for one enclave; remembers which envelopes ran."""
 
-    def __init__(self, authenticator: Authenticator, *, clock: Callable[[], dt.datetime]) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        *,
+        clock: Callable[[], dt.datetime],
+        max_sql_bytes: int = 16_384,
+    ) -> None:
         self.authenticator = authenticator
         self.clock = clock
+        self.max_sql_bytes = max_sql_bytes
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str], dt.datetime] = {}
 
@@ -95,6 +103,7 @@ class Admission:
             PermissionDeniedError: the signer is not a requester.
             ReplayedEnvelopeError: the envelope already ran here.
             InvalidInputError: malformed envelope or parameters.
+            ResourceLimitError: the SQL is longer than `max_sql_bytes`.
         """
         if not signed.requester_certificate:
             raise UnauthenticatedError("the envelope carries no requester certificate")
@@ -105,6 +114,7 @@ class Admission:
         checked = check_signed_envelope(
             signed, signer=certificate, now=now, max_age=APPROVAL_WINDOW
         )
+        check_sql_length(checked.envelope.sql, limit=self.max_sql_bytes)
         if once:
             self.claim(principal.spiffe_id, checked.envelope.request_id, checked.envelope.issued_at)
         return checked, principal

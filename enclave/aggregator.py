@@ -76,6 +76,7 @@ class Aggregator(enclave_pb2_grpc.AggregatorServiceServicer):
         catalog: Catalog,
         max_result_rows: int,
         admission: Admission,
+        max_result_bytes: int = 64 << 20,
         lockdown: Lockdown,
         attester: Attester,
         anchors: TrustAnchors,
@@ -87,6 +88,7 @@ class Aggregator(enclave_pb2_grpc.AggregatorServiceServicer):
         self.plans = PlanCache(catalog)
         self.admission = admission
         self.max_result_rows = max_result_rows
+        self.max_result_bytes = max_result_bytes
         self.engine = DuckDBMergeEngine(lockdown)
 
     @guarded
@@ -167,12 +169,24 @@ class Aggregator(enclave_pb2_grpc.AggregatorServiceServicer):
             thresholds[partial.department] = partial.k
         outcome = merge_partials(plan, partials, self.engine, k=thresholds)
         merged = outcome.result
+        # Limits apply to the released result only, never to partials (DESIGN.md).
         if merged.table.num_rows > self.max_result_rows:
             raise ResourceLimitError(
-                f"the result has more than {self.max_result_rows} rows; aggregate more coarsely"
+                f"the released result has more than {self.max_result_rows} rows "
+                "(max_result_rows); aggregate more coarsely",
+                limit="max_result_rows",
+                subject="the released result",
             )
         result = CanonicalResult.from_arrow(merged.table, merged.types)
         columns, rows = result_to_proto(result)
+        size = sum(row.ByteSize() for row in rows)
+        if size > self.max_result_bytes:
+            raise ResourceLimitError(
+                f"the released result is {size} bytes, more than {self.max_result_bytes} "
+                "(max_result_bytes); aggregate more coarsely or select fewer columns",
+                limit="max_result_bytes",
+                subject="the released result",
+            )
         digest = result.digest().hex()
         salt = new_salt()
         # The same opening the log's result commitment uses (coordinator/audit.py).

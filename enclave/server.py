@@ -17,7 +17,7 @@ from dataisland.attestation import Role, TrustAnchors
 from dataisland.errors import ConfigError
 from dataisland.federation import Federation, NodeConfig, load_federation
 from dataisland.rpc import serve_until_signalled
-from dataisland.tls import Authenticator, KeyPair, server_credentials
+from dataisland.tls import Authenticator, KeyPair, metrics_server, server_credentials
 from dataisland.v1 import enclave_pb2_grpc
 from enclave.admission import Admission
 from enclave.aggregator import Aggregator
@@ -47,7 +47,8 @@ def _security(
         KeyPair.of_node(config),
         client_roots_pem=authenticator.roots_pem([federation.committee.name]),
     )
-    return Admission(authenticator, clock=_utc_now), credentials
+    admission = Admission(authenticator, clock=_utc_now, max_sql_bytes=config.max_sql_bytes)
+    return admission, credentials
 
 
 def _attester(federation: Federation, config: NodeConfig, *, node: str, role: Role) -> Attester:
@@ -149,6 +150,10 @@ def serve_department(config: NodeConfig) -> None:
         credentials=credentials,
         name=f"enclave {config.department}",
         on_stop=stop,
+        max_request_bytes=config.request_limit,
+        metrics_server=metrics_server(
+            config, admission.authenticator, department=config.department
+        ),
     )
 
 
@@ -163,6 +168,7 @@ def serve_aggregator(config: NodeConfig) -> None:
     servicer = Aggregator(
         catalog=federation.catalog(),
         max_result_rows=config.max_result_rows,
+        max_result_bytes=config.max_result_bytes,
         admission=admission,
         lockdown=Lockdown(threads=config.threads, memory_limit=config.memory_limit),
         attester=_attester(federation, config, node=federation.committee.name, role="aggregator"),
@@ -172,4 +178,13 @@ def serve_aggregator(config: NodeConfig) -> None:
     def register(server: grpc.Server) -> None:
         enclave_pb2_grpc.add_AggregatorServiceServicer_to_server(servicer, server)
 
-    serve_until_signalled(register, config.listen, credentials=credentials, name="aggregator")
+    serve_until_signalled(
+        register,
+        config.listen,
+        credentials=credentials,
+        name="aggregator",
+        max_request_bytes=config.request_limit,
+        metrics_server=metrics_server(
+            config, admission.authenticator, department=federation.committee.name
+        ),
+    )

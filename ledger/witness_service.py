@@ -11,6 +11,8 @@ Endpoints (c2sp.org/tlog-witness), and who may call them:
   when the replica does not yet hold the checkpoint's entries.
 - ``GET /checkpoint`` (any verified member of the federation): the latest checkpoint this
   witness cosigned, with its cosignature (404 before the first).
+- ``GET /healthz`` (any verified member): 200 with ``{"status": "SERVING", "origin", "size"}``
+  (JSON; the size it last cosigned, `health_body`).
 
 dataisland's extensions, which a plain tlog-witness lacks (a plain one can still take a node's
 place; it then cannot hold enclaves to the execution rule):
@@ -43,24 +45,23 @@ coordinator nor the enclave.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import signal
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from dataisland.errors import ConfigError, DataislandError
 from dataisland.federation import Federation, NodeConfig, load_federation
+from dataisland.https import MutualTLSHandler, MutualTLSServer, tls_server_context
 from dataisland.identity import Principal, load_certificate
-from dataisland.tls import Authenticator
+from dataisland.tls import Authenticator, metrics_server
 from ledger.checkpoint import Checkpoint, open_checkpoint, verify_cosigned
 from ledger.entries import ExecutionReportEntry
 from ledger.errors import (
@@ -359,6 +360,11 @@ class WitnessService:
         return self._quorum_note
 
 
+def health_body(state: WitnessState) -> bytes:
+    """The witness's health answer: serving, for which log, and the size it last cosigned."""
+    return json.dumps({"status": "SERVING", "origin": state.origin, "size": state.size}).encode()
+
+
 def http_status(error: DataislandError) -> HTTPStatus:
     """The HTTP status for a failed witness request (tlog-witness's, where it defines one)."""
     if isinstance(error, WitnessConflictError):
@@ -375,6 +381,8 @@ def http_status(error: DataislandError) -> HTTPStatus:
         return HTTPStatus.UNPROCESSABLE_ENTITY
     if isinstance(error, LedgerError) and error.code == "INVALID_ARGUMENT":
         return HTTPStatus.BAD_REQUEST
+    if isinstance(error, LedgerError) and error.code == "RESOURCE_EXHAUSTED":
+        return HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     if isinstance(error, LedgerError) and error.code == "FAILED_PRECONDITION":
         return HTTPStatus.UNPROCESSABLE_ENTITY
     return HTTPStatus.SERVICE_UNAVAILABLE
@@ -410,20 +418,10 @@ class Callers:
         return True
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(MutualTLSServer):
     # Set by `WitnessHTTPServer`; typed here for the handler.
     service: WitnessService
-    authenticate: Callable[[bytes], Principal]
     callers: Callers
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Port probes and refused handshakes are not worth a traceback.
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ssl.SSLError, OSError)):
-            log.info("connection from %s dropped: %s", client_address, exc)
-            return
-        super().handle_error(request, client_address)
 
 
 _TEXT = "text/plain; charset=utf-8"
@@ -432,38 +430,14 @@ _Routes = dict[str, tuple[Callable[[Principal], bool], Callable[[], None]]]
 """Path to (who may call it, what answers it)."""
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(MutualTLSHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
-    timeout = 30
-
-    def setup(self) -> None:
-        super().setup()
-        # The TLS handshake runs here, in the request's own thread, not in the accept loop.
-        self.request.do_handshake()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
 
     def _reply(self, status: HTTPStatus, body: bytes, content_type: str = _TEXT) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.reply(status, body, content_type)
 
     def _text(self, status: HTTPStatus, message: str) -> None:
-        self._reply(status, (message + "\n").encode())
-
-    def _caller(self) -> Principal | None:
-        der = self.request.getpeercert(binary_form=True)
-        try:
-            if not der:
-                raise ConfigError("no client certificate")
-            return self.server.authenticate(der)
-        except DataislandError as exc:
-            self._text(HTTPStatus.FORBIDDEN, f"caller not accepted: {exc}")
-            return None
+        self.text(status, message)
 
     def _body(self, limit: int) -> bytes | None:
         length_text = self.headers.get("Content-Length", "")
@@ -474,7 +448,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(int(length_text))
 
     def _route(self, routes: _Routes) -> None:
-        caller = self._caller()
+        caller = self.caller()
         if caller is None:
             return
         path = urlsplit(self.path).path
@@ -502,6 +476,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._route(
             {
                 "/checkpoint": (c.member, self._get_checkpoint),
+                "/healthz": (c.member, self._health),
                 "/quorum-checkpoint": (c.member, self._get_quorum),
                 "/entries": (c.reader, self._get_entries),
                 "/execution-reports": (c.coordinator, self._get_reports),
@@ -518,6 +493,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "/quorum-checkpoint": (c.coordinator, self._publish_quorum),
             }
         )
+
+    def _health(self) -> None:
+        self._reply(HTTPStatus.OK, health_body(self.server.service.state), "application/json")
 
     def _get_checkpoint(self) -> None:
         latest = self.server.service.latest()
@@ -575,15 +553,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 def server_context(*, certificate: Path, key: Path, client_roots_pem: bytes) -> ssl.SSLContext:
     """A TLS server context that requires a client certificate chained to `client_roots_pem`."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(certificate, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the witness's TLS files {certificate}: {exc}") from None
-    context.load_verify_locations(cadata=client_roots_pem.decode("ascii"))
-    context.verify_mode = ssl.CERT_REQUIRED
-    return context
+    return tls_server_context(
+        certificate=str(certificate), key=str(key), client_roots_pem=client_roots_pem
+    )
 
 
 class WitnessHTTPServer:
@@ -606,38 +578,24 @@ class WitnessHTTPServer:
         authenticate: Callable[[bytes], Principal],
         callers: Callers,
     ) -> None:
-        try:
-            self._server = _Server(address, _Handler, bind_and_activate=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"witness cannot listen on {address[0]}:{address[1]}: {exc.strerror}"
-            ) from None
-        self._server.socket = context.wrap_socket(
-            self._server.socket, server_side=True, do_handshake_on_connect=False
+        self._server = _Server(
+            address, _Handler, context=context, authenticate=authenticate, what="witness"
         )
         self._server.service = service
-        self._server.authenticate = authenticate
         self._server.callers = callers
-        self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
         """The bound port."""
-        return int(self._server.server_address[1])
+        return self._server.port
 
     def start(self) -> None:
         """Serve in a background thread."""
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="witness-http", daemon=True
-        )
-        self._thread.start()
+        self._server.start()
 
     def stop(self) -> None:
         """Stop serving and close the socket."""
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
+        self._server.stop()
 
 
 def replica_path(state: Path) -> Path:
@@ -717,12 +675,17 @@ def serve_witness(config: NodeConfig) -> None:
         authenticate=authenticate,
         callers=Callers(department=config.department, committee=federation.committee.name),
     )
+    metrics = metrics_server(config, authenticator, department=config.department)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     server.start()
+    if metrics is not None:
+        metrics.start()
     log.info("witness %s listening on %s", name, config.listen)
     print(f"witness {config.department} listening on {config.listen}", flush=True)
     stop.wait()
     server.stop()
+    if metrics is not None:
+        metrics.stop()
     replica.close()

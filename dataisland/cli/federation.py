@@ -198,7 +198,26 @@ attestation:
 """
 
 
-def _department_node_text(department: str, port: int) -> str:
+def ports_needed(departments: int) -> int:
+    """Loopback ports `init` uses: the coordinator, the aggregator, every enclave and witness,
+    and a metrics port for each of them (its node's port plus the number of nodes)."""
+    return 2 * node_count(departments)
+
+
+def node_count(departments: int) -> int:
+    """Processes of a local federation: coordinator, aggregator, enclaves, witnesses."""
+    return 2 * departments + 3
+
+
+def _metrics_text(port: int) -> str:
+    return (
+        "# Prometheus metrics over mutual TLS, for operators of this node's department\n"
+        f"# (GET https://127.0.0.1:{port}/metrics with an operator certificate).\n"
+        f"metrics_listen: 127.0.0.1:{port}\n"
+    )
+
+
+def _department_node_text(department: str, port: int, metrics_port: int) -> str:
     return f"""\
 # Node configuration of department {department}'s enclave (`dataisland enclave serve --config`).
 # Relative paths are resolved against this file's directory.
@@ -217,10 +236,12 @@ tls:
 threads: 1
 memory_limit: 512MB
 query_timeout_seconds: 30
-"""
+# The longest SQL text accepted, in bytes (RESOURCE_EXHAUSTED beyond it).
+max_sql_bytes: 16384
+{_metrics_text(metrics_port)}"""
 
 
-def _aggregator_node_text(port: int) -> str:
+def _aggregator_node_text(port: int, metrics_port: int) -> str:
     return f"""\
 # Node configuration of the executive committee's aggregator enclave
 # (`dataisland enclave serve --role aggregator --config`). Paths are relative to this file.
@@ -233,12 +254,15 @@ tls:
 {_platform_text(COMMITTEE)}threads: 1
 memory_limit: 512MB
 query_timeout_seconds: 30
-# A released result larger than this is refused (checked on the released result only).
+# A released result larger than these is refused (checked on the released result only, never
+# on partials: whether a limit trips must not depend on one person's rows).
 max_result_rows: 1000000
-"""
+max_result_bytes: 67108864
+max_sql_bytes: 16384
+{_metrics_text(metrics_port)}"""
 
 
-def _coordinator_node_text(port: int) -> str:
+def _coordinator_node_text(port: int, metrics_port: int) -> str:
     return f"""\
 # Node configuration of the coordinator (`dataisland coordinator serve --config`): the
 # untrusted host that department services call. Paths are relative to this file.
@@ -254,7 +278,21 @@ query_timeout_seconds: 30
 # (oldest finished dropped first); after that GetResult answers NOT_FOUND.
 retention_seconds: 3600
 retention_max_queries: 10000
-"""
+# Limits (RESOURCE_EXHAUSTED with the setting's name beyond them): queries one requester may
+# have pending or running, fan-outs one requester runs at once (the rest queue behind other
+# requesters'), fan-outs running in total, RPCs per second per caller (sustained, and in a
+# burst), the longest SQL and the largest request message accepted.
+max_unfinished_per_requester: 16
+max_running_per_requester: 4
+query_workers: 8
+rate_per_caller: 50
+rate_burst: 100
+max_sql_bytes: 16384
+max_request_bytes: 4194304
+# Queries waiting for officers' approvals are kept here, so a restart keeps them (template
+# parameters included: this directory is the coordinator's own, never the audit log).
+state_dir: ../state/coordinator
+{_metrics_text(metrics_port)}"""
 
 
 def parse_departments(text: str) -> list[str]:
@@ -325,10 +363,11 @@ def init_federation(
             invalid or repeated, the ports do not fit, or the written files do not validate.
     """
     departments = parse_departments(",".join(departments))
-    if not 1 <= base_port <= 65535 - 3 - 2 * len(departments):
+    if not 1 <= base_port <= 65536 - ports_needed(len(departments)):
         raise ConfigError(
-            f"base port {base_port} leaves no room for {2 * len(departments) + 3} nodes"
+            f"base port {base_port} leaves no room for {ports_needed(len(departments))} ports"
         )
+    metrics = node_count(len(departments))
     if directory.exists():
         if not directory.is_dir():
             raise ConfigError(f"{directory} exists and is not a directory")
@@ -361,11 +400,17 @@ def init_federation(
     nodes = directory / NODES_DIR
     for index, department in enumerate(departments):
         (nodes / f"{department}.yaml").write_text(
-            _department_node_text(department, base_port + 2 + index), encoding="utf-8"
+            _department_node_text(
+                department, base_port + 2 + index, base_port + 2 + index + metrics
+            ),
+            encoding="utf-8",
         )
-    (nodes / "aggregator.yaml").write_text(_aggregator_node_text(base_port + 1), encoding="utf-8")
+    (nodes / "aggregator.yaml").write_text(
+        _aggregator_node_text(base_port + 1, base_port + 1 + metrics), encoding="utf-8"
+    )
     (nodes / "coordinator.yaml").write_text(
-        _coordinator_node_text(base_port) + coordinator_log_yaml(COMMITTEE), encoding="utf-8"
+        _coordinator_node_text(base_port, base_port + metrics) + coordinator_log_yaml(COMMITTEE),
+        encoding="utf-8",
     )
     log_section = provision_audit_log(
         directory,
@@ -374,6 +419,7 @@ def init_federation(
         committee=COMMITTEE,
         dns_name=federation.dns_name,
         first_port=base_port + 2 + len(departments),
+        metrics_offset=metrics,
     )
     with federation_path.open("a", encoding="utf-8") as handle:
         handle.write(log_section)
@@ -869,7 +915,7 @@ def run_demo(directory: Path, *, rows: int, seed: int) -> int:
 
     started = time.monotonic()
     departments = list(DEFAULT_DEPARTMENTS)
-    base_port = free_base_port(2 * len(departments) + 3)
+    base_port = free_base_port(ports_needed(len(departments)))
     with console.status("writing the federation directory and synthetic shards"):
         federation = init_federation(
             directory, departments, name="demonstration_zone", base_port=base_port

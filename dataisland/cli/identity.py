@@ -35,8 +35,13 @@ from dataisland.identity import (
     write_private_key,
 )
 
-LOCAL_PEOPLE = (("requester", "analyst"), ("officer", "officer"), ("auditor", "auditor"))
-"""The people `provision_local` issues for every department."""
+LOCAL_PEOPLE = (
+    ("requester", "analyst"),
+    ("officer", "officer"),
+    ("auditor", "auditor"),
+    ("operator", "operator"),
+)
+"""The people `provision_local` issues for every department (the committee gets an operator)."""
 
 
 def _now() -> dt.datetime:
@@ -113,7 +118,7 @@ def provision_local(
     committee: str,
     dns_name: Callable[[str, str], str],
 ) -> None:
-    """Every CA, node certificate and a requester, officer and auditor per department.
+    """Every CA, node certificate and a requester, officer, auditor and operator per department.
 
     `dns_name(role, department)` gives each node's DNS SAN (Federation.dns_name).
     """
@@ -141,6 +146,10 @@ def provision_local(
             name="node",
             dns_names=[dns_name(role, committee)],
         )
+    # The committee's operator reads the coordinator's and the aggregator's metrics.
+    issue_identity(
+        directory, federation=federation, department=committee, role="operator", name="operator"
+    )
 
 
 def _federation_name(directory: Path, given: str | None) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
@@ -10,10 +9,12 @@ import click
 from dataisland.cli.app import friendly_errors, main
 from dataisland.errors import ConfigError
 from dataisland.federation import load_node_config
+from dataisland.logs import setup_logging
 
 
-def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def _logging(node: str) -> None:
+    # One JSON object per line, with the node's name and the query id (dataisland/logs.py).
+    setup_logging(node)
 
 
 @main.group()
@@ -38,7 +39,7 @@ def enclave_serve(config_path: Path, role: str) -> None:
     config = load_node_config(config_path)
     if config.role != role:
         raise ConfigError(f"{config_path} configures a {config.role} node, not a {role} node")
-    _logging()
+    _logging(config.department if role == "department" and config.department else role)
     if role == "department":
         serve_department(config)
     else:
@@ -82,5 +83,5 @@ def coordinator_serve(config_path: Path) -> None:
     config = load_node_config(config_path)
     if config.role != "coordinator":
         raise ConfigError(f"{config_path} configures a {config.role} node, not the coordinator")
-    _logging()
+    _logging("coordinator")
     serve_coordinator(config)

@@ -10,7 +10,6 @@ a development convenience: a real department generates its witness's keys itself
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from dataisland.cli.identity import issue_identity
 from dataisland.errors import ConfigError
 from dataisland.federation import load_node_config
 from dataisland.identity import IDENTITY_DIR
+from dataisland.logs import setup_logging
 from ledger.keys import generate_key
 from ledger.note import SIG_TYPE_COSIGNATURE_V1, SIG_TYPE_ED25519, Ed25519Verifier
 
@@ -54,7 +54,7 @@ def log_origin(dns_name: Callable[[str, str], str], committee: str) -> str:
     return dns_name("log", committee)
 
 
-def _witness_node_text(department: str, port: int) -> str:
+def _witness_node_text(department: str, port: int, metrics_port: int | None) -> str:
     return f"""\
 # Node configuration of {department}'s audit-log witness (`dataisland witness serve --config`):
 # C2SP tlog-witness over HTTPS with mutual TLS. It cosigns a checkpoint only if it is consistent
@@ -70,7 +70,12 @@ tls:
 # This witness's Ed25519 cosigning key (owner-only); its verifier key is in federation.yaml.
 witness_key: ../{IDENTITY_DIR}/{department}/{WITNESS_KEY_FILE}
 witness_state: ../{AUDIT_DIR}/witness-{department}/state.json
-"""
+""" + (
+        ""
+        if metrics_port is None
+        else "# Prometheus metrics over mutual TLS, for operators of this department.\n"
+        f"metrics_listen: 127.0.0.1:{metrics_port}\n"
+    )
 
 
 def provision_audit_log(
@@ -81,10 +86,12 @@ def provision_audit_log(
     committee: str,
     dns_name: Callable[[str, str], str],
     first_port: int,
+    metrics_offset: int | None = None,
 ) -> str:
     """Write the log key, every witness's identity, key and node file; return the `log:` YAML.
 
-    Witness ports are `first_port`, `first_port + 1`, ... in the order departments, committee.
+    Witness ports are `first_port`, `first_port + 1`, ... in the order departments, committee;
+    with `metrics_offset`, each serves metrics on its port plus that offset.
 
     Raises:
         ConfigError: an identity already exists.
@@ -126,7 +133,8 @@ def provision_audit_log(
         ).to_vkey()
         port = first_port + index
         node_file = nodes / f"witness-{department}.yaml"
-        node_file.write_text(_witness_node_text(department, port), encoding="utf-8")
+        metrics_port = None if metrics_offset is None else port + metrics_offset
+        node_file.write_text(_witness_node_text(department, port, metrics_port), encoding="utf-8")
         load_node_config(node_file)
         lines += [
             f"    {department}:",
@@ -162,5 +170,5 @@ def witness_serve(config_path: Path) -> None:
     config = load_node_config(config_path)
     if config.role != "witness":
         raise ConfigError(f"{config_path} configures a {config.role} node, not a witness")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(f"witness-{config.department}")
     serve_witness(config)

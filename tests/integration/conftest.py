@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import os
 import random
 import socket
+import ssl
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from ledger.witness_client import WitnessClient
 DEPARTMENTS = ("qingpu", "wujiang", "jiashan")
 
 
-def free_base_port(count: int = 12) -> int:
+def free_base_port(count: int = 24) -> int:
     """A base port with `count` consecutive free loopback ports above it."""
     for _ in range(200):
         base = random.randrange(20_000, 32_000)  # below the ephemeral range
@@ -245,3 +247,30 @@ def witness_client(
         key=key,
         verifier=Ed25519Verifier.from_vkey(entry.verifier_key),
     )
+
+
+def https_request(
+    directory: Path,
+    identity: str,
+    address: str,
+    *,
+    ca: bytes,
+    server_name: str,
+    method: str = "GET",
+    path: str = "/",
+) -> tuple[int, bytes]:
+    """One HTTPS request with mutual TLS as `identity` (a witness's or a metrics endpoint)."""
+    department, role, name = identity.split("/")
+    certificate, key = credential_paths(directory, department=department, role=role, name=name)
+    context = ssl.create_default_context(cadata=ca.decode("ascii"))
+    context.load_cert_chain(certificate, key)
+    host, _, port = address.rpartition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    # The certificate names the node's DNS SAN, not the loopback address dialled.
+    raw = socket.create_connection((host, int(port)), timeout=10)
+    connection.sock = context.wrap_socket(raw, server_hostname=server_name)
+    connection.request(method, path, body=b"" if method == "POST" else None)
+    response = connection.getresponse()
+    data = response.read()
+    connection.close()
+    return response.status, data

@@ -40,7 +40,7 @@ while True:
 @pytest.fixture
 def fed(tmp_path: Path) -> Path:
     directory = tmp_path / "fed"
-    base = free_base_port(9)
+    base = free_base_port(18)
     result = CliRunner().invoke(
         main,
         [

@@ -1,11 +1,21 @@
-"""Every gRPC server answers standard health checks and server reflection, over mutual TLS."""
+"""Every gRPC server answers standard health checks and server reflection, over mutual TLS.
+
+Generic clients call them knowing nothing of dataisland: one built only from what reflection
+returns, and `buf curl` (from the dev tools), as an operator would with grpcurl or buf curl.
+"""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import json_format
+from google.protobuf.descriptor_pool import DescriptorPool
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -74,3 +84,56 @@ def test_health_needs_mutual_tls(running: FederationProcesses, federation_dir: P
     with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as info:
         health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def _generic_check(channel: grpc.Channel) -> str:
+    """Health.Check with nothing compiled in: the method, its request and response types come
+    from the server's reflection, and the messages are built from those descriptors."""
+    database = ProtoReflectionDescriptorDatabase(channel)
+    pool = DescriptorPool(database)
+    service = pool.FindServiceByName("grpc.health.v1.Health")
+    method = service.FindMethodByName("Check")
+    request_class = GetMessageClass(method.input_type)
+    response_class = GetMessageClass(method.output_type)
+    call = channel.unary_unary(
+        f"/{service.full_name}/{method.name}",
+        request_serializer=lambda message: message.SerializeToString(),
+        response_deserializer=response_class.FromString,
+    )
+    answer = call(request_class(), timeout=10)
+    return str(json_format.MessageToDict(answer)["status"])
+
+
+def test_a_generic_client_gets_every_servers_health_through_reflection(
+    running: FederationProcesses, federation_dir: Path
+) -> None:
+    certificate, key = credential_paths(
+        federation_dir, department="committee", role="coordinator", name="node"
+    )
+    own = KeyPair.load(certificate, key)
+    for name, address, ca, dns in _servers(federation_dir):
+        with secure_channel(address, own=own, server_ca_pem=ca, server_name=dns) as channel:
+            assert _generic_check(channel) == "SERVING", name
+
+
+def test_buf_curl_gets_every_servers_health_through_reflection(
+    running: FederationProcesses, federation_dir: Path, tmp_path: Path
+) -> None:
+    # buf curl is a generic gRPC client (like grpcurl): it knows nothing of dataisland's protos.
+    buf = Path(sys.executable).parent / "buf"
+    certificate, key = credential_paths(
+        federation_dir, department="committee", role="coordinator", name="node"
+    )
+    for name, address, ca, dns in _servers(federation_dir):
+        ca_file = tmp_path / f"{name}-ca.pem"
+        ca_file.write_bytes(ca)
+        done = subprocess.run(
+            [
+                str(buf), "curl", "--protocol", "grpc", "--cacert", str(ca_file),
+                "--cert", str(certificate), "--key", str(key), "--servername", dns,
+                "--data", "{}", f"https://{address}/grpc.health.v1.Health/Check",
+            ],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, (name, done.stderr)
+        assert json.loads(done.stdout) == {"status": "SERVING"}, name

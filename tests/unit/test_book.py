@@ -32,9 +32,12 @@ def _record(requester: str, request_id: str, at: float = 0.0) -> QueryRecord:
     )
 
 
-def _book(clock: Clock, **limits: int) -> QueryBook:
+def _book(clock: Clock, *, max_queries: int = 100, **limits: int) -> QueryBook:
     return QueryBook(
-        retention_seconds=60, max_queries=limits.pop("max_queries", 100), clock=clock, **limits
+        retention_seconds=60,
+        max_queries=max_queries,
+        clock=clock,
+        max_unfinished_per_requester=limits.get("max_unfinished_per_requester", 16),
     )
 
 
