@@ -66,6 +66,7 @@ from ledger.entries import (
     OfficerSignature,
     PolicyActivationEntry,
     QueryEntry,
+    RunIntentEntry,
 )
 from ledger.errors import LedgerError
 from ledger.keys import load_signer
@@ -759,6 +760,56 @@ class AuditLog:
         return None
 
     # -- run intents --------------------------------------------------------------------------
+
+    def standing_approvals(
+        self,
+    ) -> dict[tuple[str, str, str, str], tuple[common_pb2.Approval, TemplateApproval, int]]:
+        """The officers' template approvals in the log, with the runs their intents used.
+
+        Keyed as the coordinator keeps them (department, template hash, requester, purpose),
+        the latest approval of each key winning, so a restarted coordinator attaches them to
+        later runs as before instead of asking the officers again. The enclaves count runs
+        themselves; this count only decides when the coordinator asks again.
+        """
+        approvals: dict[tuple[str, str, str, str], tuple[common_pb2.Approval, TemplateApproval]]
+        approvals = {}
+        used: dict[tuple[str, str], int] = {}
+        for data in self.storage.entries():
+            try:
+                entry = Entry.from_bytes(data)
+            except LedgerError:
+                continue
+            if isinstance(entry, RunIntentEntry):
+                key = (entry.department, entry.approval_hash)
+                used[key] = used.get(key, 0) + 1
+            elif (
+                isinstance(entry, ApprovalEntry)
+                and entry.subject == "template"
+                and entry.decision == "approved"
+            ):
+                document = base64.b64decode(entry.approval)
+                try:
+                    template = TemplateApproval.from_bytes(document)
+                except DataislandError:
+                    continue
+                message = common_pb2.Approval(
+                    approval=document, signature=base64.b64decode(entry.signature)
+                )
+                key4 = (
+                    entry.department,
+                    template.template_hash,
+                    template.requester,
+                    template.purpose,
+                )
+                approvals[key4] = (message, template)
+        return {
+            key: (
+                message,
+                template,
+                used.get((key[0], hashlib.sha256(message.approval).hexdigest()), 0),
+            )
+            for key, (message, template) in approvals.items()
+        }
 
     def log_intents(
         self, entries: Sequence[Entry], *, timeout: float

@@ -135,6 +135,7 @@ def serve_coordinator(config: NodeConfig) -> None:
         restore_pending(pending, book, audit=audit, start=servicer.start)
     if audit is not None:
         settle_interrupted(audit, book)
+        servicer.restore_standing_approvals(audit.standing_approvals())
 
     def register(server: grpc.Server) -> None:
         coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, server)

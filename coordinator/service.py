@@ -254,6 +254,17 @@ class Coordinator(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 self._apply_standing_approvals(record)
         return coordinator_pb2.SubmitQueryResponse(status=self._status(self._same(stored, digest)))
 
+    def restore_standing_approvals(
+        self,
+        standing: Mapping[
+            tuple[str, str, str, str], tuple[common_pb2.Approval, TemplateApproval, int]
+        ],
+    ) -> None:
+        """Take back the template approvals the log holds (after a restart), with runs used."""
+        with self._standing_lock:
+            for key, value in standing.items():
+                self._standing.setdefault(key, value)
+
     def _apply_standing_approvals(self, record: QueryRecord) -> None:
         """Attach officers' template approvals with runs left; run once none is missing.
 

@@ -221,6 +221,31 @@ def test_the_coordinator_killed_keeps_pending_approvals_and_every_entry(
     assert not any(b"p1-1" in data for data in all_entries(fed))
 
 
+def test_a_restarted_coordinator_keeps_the_officers_template_approvals(
+    fed: Path, nodes: FederationProcesses
+) -> None:
+    params = [
+        TypedParam.of("person_id", "VARCHAR", "p2-1"),
+        TypedParam.of("since", "DATE", dt.date(2024, 1, 1)),
+    ]
+    # jiashan's analyst: no other test of this module uses its template approvals.
+    with client_for(fed, "jiashan/requester/analyst") as client:
+        first = client.submit(TEMPLATE, purpose="eligibility check", params=params)
+        for department in ("qingpu", "wujiang", "jiashan"):
+            with client_for(fed, f"{department}/officer/officer") as officer:
+                key = load_private_key(officer_key_path(fed, department).read_bytes())
+                listed = {p.query_id: p for p in officer.pending_approvals()}
+                officer.approve(listed[first.query_id], signing_key=key, runs=2)
+        assert client.wait(first.query_id).state == SUCCEEDED
+        _kill(_node(nodes, "coordinator"))
+        _restart(nodes, "coordinator")
+        # The second run needs no officer, after the restart as before it; the third waits.
+        second = client.submit(TEMPLATE, purpose="eligibility check", params=params)
+        assert client.wait(second.query_id).state == SUCCEEDED
+        third = client.submit(TEMPLATE, purpose="eligibility check", params=params)
+        assert third.state == PENDING
+
+
 def _witness_size(fed: Path, witness: str) -> int:
     federation = load_federation(fed / "federation.yaml")
     assert federation.log is not None
