@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from dataisland.canonical import QueryEnvelope, TypedParam, new_salt, params_commitment
 from dataisland.cli import main
+from dataisland.cli.officers import officer_key_path
 from dataisland.client import Client
 from dataisland.envelopes import sign
 from dataisland.federation import load_federation
@@ -26,6 +27,7 @@ from dataisland.tls import KeyPair, secure_channel
 from dataisland.v1 import common_pb2, coordinator_pb2_grpc, enclave_pb2, enclave_pb2_grpc
 from ledger.note import Ed25519Verifier
 from ledger.witness_client import WitnessClient
+from policies.signing import load_private_key as load_officer_key
 
 DEPARTMENTS = ("qingpu", "wujiang", "jiashan")
 
@@ -274,3 +276,12 @@ def https_request(
     data = response.read()
     connection.close()
     return response.status, data
+
+
+def approve_everywhere(directory: Path, query_id: str, *, runs: int | None = None) -> None:
+    """Every department's officer approves a pending query (a template for `runs` runs)."""
+    for department in DEPARTMENTS:
+        with client_for(directory, f"{department}/officer/officer") as officer:
+            key = load_officer_key(officer_key_path(directory, department).read_bytes())
+            pending = {p.query_id: p for p in officer.pending_approvals()}
+            officer.approve(pending[query_id], signing_key=key, runs=runs)

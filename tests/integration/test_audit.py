@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dataisland.canonical import TypedParam
 from dataisland.cli import main
 from dataisland.cli.federation import DEMO_QUERIES
-from dataisland.cli.officers import officer_key_path
 from dataisland.federation import load_federation
 from dataisland.supervisor import FederationProcesses
 from dataisland.tls import secure_channel
@@ -31,8 +30,12 @@ from ledger.merkle import EMPTY_ROOT
 from ledger.note import SIG_TYPE_ED25519, Ed25519Signer, Note
 from ledger.tiles import bundles_for_size, decode_bundle, encode_bundle, tile_path
 from ledger.witness_client import WitnessClient
-from policies.signing import load_private_key
-from tests.integration.conftest import client_for, credentials_of, witness_client
+from tests.integration.conftest import (
+    approve_everywhere,
+    client_for,
+    credentials_of,
+    witness_client,
+)
 from tests.integration.test_policy_enforcement import TEMPLATE
 
 pytestmark = pytest.mark.integration
@@ -362,13 +365,7 @@ def test_no_result_value_or_count_in_the_clear(
     ]
     with client_for(federation_dir) as client:
         status = client.submit(TEMPLATE, purpose="eligibility check", params=params)
-        for department in ("qingpu", "wujiang", "jiashan"):
-            with client_for(federation_dir, f"{department}/officer/officer") as officer:
-                signing = load_private_key(
-                    officer_key_path(federation_dir, department).read_bytes()
-                )
-                pending = {p.query_id: p for p in officer.pending_approvals()}
-                officer.approve(pending[status.query_id], signing_key=signing)
+        approve_everywhere(federation_dir, status.query_id)
         client.wait(status.query_id, timeout=30)
         answer = client.result(status.query_id)
     assert [list(row) for row in answer.rows] == [["true"]]

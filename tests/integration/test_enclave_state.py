@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from dataisland.canonical import TypedParam
-from dataisland.cli.officers import officer_key_path, write_signed_policy
+from dataisland.cli.officers import write_signed_policy
 from dataisland.supervisor import FederationProcesses
 from dataisland.v1 import common_pb2, coordinator_pb2, enclave_pb2
 from ledger.checkpoint import Checkpoint, sign_checkpoint
@@ -28,9 +28,9 @@ from ledger.keys import load_signer
 from ledger.note import SIG_TYPE_ED25519, Note
 from ledger.storage import LogStorage
 from ledger.witness_client import decode_lines
-from policies.signing import load_private_key
 from tests.integration.conftest import (
     aggregator_evidence,
+    approve_everywhere,
     client_for,
     free_base_port,
     signed_envelope,
@@ -123,11 +123,7 @@ def test_a_restarted_enclave_with_rolled_back_files_allows_no_extra_run_replay_o
         # A template approved for one run, used through the coordinator.
         with client_for(copy, "wujiang/requester/analyst") as client:
             first = client.submit(TEMPLATE, purpose="eligibility check", params=PARAMS)
-            for department in ("qingpu", "wujiang", "jiashan"):
-                with client_for(copy, f"{department}/officer/officer") as officer:
-                    key = load_private_key(officer_key_path(copy, department).read_bytes())
-                    pending = {p.query_id: p for p in officer.pending_approvals()}
-                    officer.approve(pending[first.query_id], signing_key=key, runs=1)
+            approve_everywhere(copy, first.query_id, runs=1)
             assert client.wait(first.query_id).state == coordinator_pb2.QUERY_STATE_SUCCEEDED
         approval_entry = next(
             e

@@ -27,7 +27,7 @@ from dataisland.supervisor import FederationProcesses, RunningNode
 from dataisland.v1 import coordinator_pb2
 from ledger.entries import AttestationEntry, Entry, FailureEntry, QueryEntry
 from policies.signing import load_private_key
-from tests.integration.conftest import client_for, free_base_port, https_request
+from tests.integration.conftest import approve_everywhere, client_for, free_base_port, https_request
 from tests.integration.test_audit import all_entries, wait_checkpointed
 from tests.integration.test_federation import _rebase_ports
 from tests.integration.test_policy_enforcement import TEMPLATE
@@ -231,11 +231,7 @@ def test_a_restarted_coordinator_keeps_the_officers_template_approvals(
     # jiashan's analyst: no other test of this module uses its template approvals.
     with client_for(fed, "jiashan/requester/analyst") as client:
         first = client.submit(TEMPLATE, purpose="eligibility check", params=params)
-        for department in ("qingpu", "wujiang", "jiashan"):
-            with client_for(fed, f"{department}/officer/officer") as officer:
-                key = load_private_key(officer_key_path(fed, department).read_bytes())
-                listed = {p.query_id: p for p in officer.pending_approvals()}
-                officer.approve(listed[first.query_id], signing_key=key, runs=2)
+        approve_everywhere(fed, first.query_id, runs=2)
         assert client.wait(first.query_id).state == SUCCEEDED
         _kill(_node(nodes, "coordinator"))
         _restart(nodes, "coordinator")

@@ -34,6 +34,7 @@ from policies.signing import load_private_key
 from tests.integration.conftest import (
     ANALYST,
     aggregator_evidence,
+    approve_everywhere,
     client_for,
     free_base_port,
     signed_envelope,
@@ -393,11 +394,7 @@ def test_officers_approve_a_template_for_several_runs_through_the_coordinator(
     with client_for(federation_dir, "wujiang/requester/analyst") as client:
         first = client.submit(TEMPLATE, purpose="eligibility check", params=params)
         assert first.state == coordinator_pb2.QUERY_STATE_PENDING
-        for department in ("qingpu", "wujiang", "jiashan"):
-            with client_for(federation_dir, f"{department}/officer/officer") as officer:
-                key = load_private_key(officer_key_path(federation_dir, department).read_bytes())
-                pending = {p.query_id: p for p in officer.pending_approvals()}
-                officer.approve(pending[first.query_id], signing_key=key, runs=2)
+        approve_everywhere(federation_dir, first.query_id, runs=2)
         assert client.wait(first.query_id).state == coordinator_pb2.QUERY_STATE_SUCCEEDED
         # The second run needs no officer; the third waits for a new approval.
         second = client.submit(TEMPLATE, purpose="eligibility check", params=params)
