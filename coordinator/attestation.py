@@ -29,11 +29,10 @@ from dataisland.attestation import (
     NonceBook,
     Role,
     TrustAnchors,
-    result_statement,
-    verify_statement,
+    verify_released,
 )
-from dataisland.canonical import SALT_SIZE, canonical_json, commit, format_rfc3339
-from dataisland.errors import DataislandError, PermissionDeniedError
+from dataisland.canonical import format_rfc3339
+from dataisland.errors import DataislandError
 from dataisland.rpc import error_from_rpc
 from dataisland.v1 import enclave_pb2, enclave_pb2_grpc
 from ledger.entries import AttestationEntry, FailureEntry
@@ -185,29 +184,15 @@ def verify_result(
         BadSignatureError: the signature does not verify with the aggregator's attested key.
         PermissionDeniedError: the commitment does not open to this result digest.
     """
-    expected = (
-        commit(
-            canonical_json(
-                {"result_digest": response.result_digest, "suppressed": response.suppressed}
-            ),
-            salt=response.result_salt,
-        )
-        if len(response.result_salt) == SALT_SIZE
-        else b""
-    )
-    if not expected or expected != response.result_commitment:
-        raise PermissionDeniedError(
-            "the aggregator's result commitment does not open to the released result"
-        )
-    verify_statement(
-        aggregator.signing_key,
-        result_statement(
-            query_id=query_id,
-            query_hash=response.query_hash,
-            result_commitment=response.result_commitment,
-        ),
-        response.result_signature,
-        what="the released result",
+    verify_released(
+        aggregator=aggregator,
+        query_id=query_id,
+        query_hash=response.query_hash,
+        result_digest=response.result_digest,
+        suppressed=response.suppressed,
+        salt=response.result_salt,
+        commitment=response.result_commitment,
+        signature=response.result_signature,
     )
 
 

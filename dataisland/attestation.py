@@ -37,7 +37,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from dataisland.canonical import (
+    SALT_SIZE,
     canonical_json,
+    commit,
     format_rfc3339,
     parse_canonical_json,
     parse_rfc3339,
@@ -492,6 +494,44 @@ def result_statement(*, query_id: str, query_hash: str, result_commitment: bytes
             "query_hash": query_hash,
             "result_commitment": result_commitment.hex(),
         }
+    )
+
+
+def verify_released(
+    *,
+    aggregator: AttestedEnclave,
+    query_id: str,
+    query_hash: str,
+    result_digest: str,
+    suppressed: bool,
+    salt: bytes,
+    commitment: bytes,
+    signature: bytes,
+) -> None:
+    """Accept a released result only if the attested aggregator signed a commitment that opens
+    to it: the coordinator checks this before it releases, and a requester's client again, so a
+    coordinator that alters a result (and its digest) is caught.
+
+    Raises:
+        PermissionDeniedError: the commitment does not open to this digest and flag.
+        BadSignatureError: the signature does not verify with the aggregator's attested key.
+    """
+    opened = (
+        commit(
+            canonical_json({"result_digest": result_digest, "suppressed": suppressed}), salt=salt
+        )
+        if len(salt) == SALT_SIZE
+        else b""
+    )
+    if not opened or opened != commitment:
+        raise PermissionDeniedError(
+            "the aggregator's result commitment does not open to the released result"
+        )
+    verify_statement(
+        aggregator.signing_key,
+        result_statement(query_id=query_id, query_hash=query_hash, result_commitment=commitment),
+        signature,
+        what="the released result",
     )
 
 

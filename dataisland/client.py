@@ -8,8 +8,10 @@ A deployed service names its own files instead: `Client(address, certificate=...
 server_ca=..., server_name=...)`. Every call is mutual TLS with the requester's certificate.
 `query` builds the envelope (raw SQL, a salted commitment to the typed parameters, purpose,
 request id, time), signs it with the certificate's key, submits it, waits, reassembles every
-page and checks the reassembled result against the digest the aggregator computed. Failures
-raise `QueryFailedError` with the gRPC status name and the server's message.
+page and checks the reassembled result against the digest the aggregator computed and, with
+the federation's pinned vendor root and reference values (`from_federation` reads them; pass
+`anchors=` otherwise), that an attested aggregator signed exactly that result. Failures raise
+`QueryFailedError` with the gRPC status name and the server's message.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dataisland.approvals import Approval, TemplateApproval
+from dataisland.attestation import TrustAnchors, verify_released
 from dataisland.canonical import (
     CanonicalResult,
     QueryEnvelope,
@@ -113,9 +116,13 @@ class Client:
         server_ca: Path,
         server_name: str,
         timeout: float = 60.0,
+        anchors: TrustAnchors | None = None,
+        committee: str = "committee",
     ) -> None:
         self.address = address
         self.timeout = timeout
+        self.anchors = anchors
+        self.committee = committee
         own = KeyPair.load(certificate, key)
         self._key = load_private_key(own.key_pem)
         mine = load_certificate(own.certificate_pem)
@@ -159,6 +166,8 @@ class Client:
             server_ca=federation.committee.ca,
             server_name=federation.dns_name("coordinator", committee),
             timeout=timeout,
+            anchors=(TrustAnchors.from_federation(federation) if federation.attestation else None),
+            committee=committee,
         )
 
     def __enter__(self) -> Client:
@@ -235,7 +244,44 @@ class Client:
         recomputed = _digest(columns, rows)
         if recomputed != page.result_digest:
             raise QueryFailedError("DATA_LOSS", "the reassembled result does not match its digest")
+        if self.anchors is not None:
+            self._verify_released(query_id, status, page, recomputed)
         return QueryResult(columns=columns, rows=rows, status=status, digest=page.result_digest)
+
+    def _verify_released(
+        self,
+        query_id: str,
+        status: coordinator_pb2.QueryStatus,
+        page: coordinator_pb2.ResultPage,
+        digest: str,
+    ) -> None:
+        """Check, with the federation's pinned vendor root and reference values, that an
+        attested aggregator signed this very result: the coordinator cannot alter it unseen.
+
+        Raises:
+            QueryFailedError: the evidence or the signature does not verify (PERMISSION_DENIED).
+        """
+        assert self.anchors is not None
+        released_at = status.finished_at.ToDatetime(tzinfo=dt.UTC)
+        try:
+            aggregator = self.anchors.verify(
+                page.aggregator_evidence, node=self.committee, role="aggregator", now=released_at
+            )
+            verify_released(
+                aggregator=aggregator,
+                query_id=query_id,
+                query_hash=status.query_hash,
+                result_digest=digest,
+                suppressed=status.suppressed,
+                salt=page.result_salt,
+                commitment=page.result_commitment,
+                signature=page.result_signature,
+            )
+        except DataislandError as exc:
+            raise QueryFailedError(
+                "PERMISSION_DENIED",
+                f"the result is not the one an attested aggregator signed: {exc}",
+            ) from None
 
     def query(
         self,

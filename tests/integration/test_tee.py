@@ -33,12 +33,12 @@ from coordinator.service import Coordinator
 from dataisland.attestation import AttestationError, NonceBook, TrustAnchors
 from dataisland.canonical import QueryEnvelope
 from dataisland.cli import main
-from dataisland.client import QueryFailedError
+from dataisland.client import Client, QueryFailedError, _digest
 from dataisland.federation import load_federation
 from dataisland.identity import credential_paths, load_certificate
 from dataisland.supervisor import FederationProcesses
 from dataisland.tls import Authenticator, secure_channel
-from dataisland.v1 import common_pb2, enclave_pb2, enclave_pb2_grpc
+from dataisland.v1 import common_pb2, coordinator_pb2, enclave_pb2, enclave_pb2_grpc
 from enclave.aggregator import ipc_to_arrow
 from enclave.attestation import (
     Measurement,
@@ -390,6 +390,31 @@ def test_the_aggregator_signs_the_released_result(tee: Path) -> None:
     verify_result(response, aggregator=attested, query_id=query_id)
     with pytest.raises(Exception, match="signature"):
         verify_result(response, aggregator=attested, query_id="not-this-query")
+
+
+def test_the_client_refuses_a_result_no_attested_aggregator_signed(tee: Path) -> None:
+    """A coordinator that changes a released cell, and the digest with it, is caught."""
+    sql = "SELECT station_id, count(*) AS n FROM water_readings GROUP BY station_id"
+    with Client.from_federation(tee, identity=ANALYST) as client:
+        result = client.query(sql, purpose="statistics")
+        query_id = result.status.query_id
+        response = client._stub.GetResult(coordinator_pb2.GetResultRequest(query_id=query_id))
+        status, page = response.status, response.page
+        client._verify_released(query_id, status, page, result.digest)  # the real one passes
+        rows = [list(row) for row in result.rows]
+        rows[0][1] = str(int(rows[0][1] or 0) + 1)  # one count changed by the host
+        forged = _digest(list(result.columns), [tuple(r) for r in rows])
+        assert forged != result.digest
+        with pytest.raises(QueryFailedError) as info:
+            client._verify_released(query_id, status, page, forged)
+        assert info.value.code == "PERMISSION_DENIED"
+        assert "attested aggregator" in str(info.value)
+        # Nor may it claim the rules withheld nothing when they did (or the other way round).
+        flipped = coordinator_pb2.QueryStatus()
+        flipped.CopyFrom(status)
+        flipped.suppressed = not status.suppressed
+        with pytest.raises(QueryFailedError):
+            client._verify_released(query_id, flipped, page, result.digest)
 
 
 def _flip_signature(partial: enclave_pb2.Partial) -> None:
