@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -43,6 +44,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from coordinator.book import QueryBook, QueryRecord
@@ -95,7 +97,9 @@ quorum cosigned after it started (it rebuilds its state against one)."""
 CATCH_UP_ENTRIES = 1_000
 """Most entries pushed to a witness's replica in one request."""
 MAX_OPENINGS = 100_000
-"""Openings kept in memory for receipts (oldest dropped first)."""
+"""Openings kept for receipts (oldest dropped first)."""
+OPENINGS_FILE = "openings.jsonl"
+"""Where, in the coordinator's state directory, result openings outlive a restart."""
 
 
 def _time(seconds: float) -> str:
@@ -339,6 +343,7 @@ class AuditLog:
         quorum: int,
         interval: float = CHECKPOINT_INTERVAL,
         clock: Callable[[], float] = time.time,
+        openings: Path | None = None,
     ) -> None:
         if not 1 <= quorum <= len(witnesses):
             raise ConfigError(f"quorum {quorum} does not fit {len(witnesses)} witnesses")
@@ -358,6 +363,9 @@ class AuditLog:
         self._lock = threading.Condition()
         self._by_query: dict[str, list[int]] = {}
         self._openings: OrderedDict[str, ResultOpening] = OrderedDict()
+        self._openings_path = openings
+        if openings is not None:
+            self._openings.update(_read_openings(openings))
         self._submissions: dict[str, QueryEntry] = {}
         self._owners: dict[str, str] = {}
         self._reports: set[str] = set()
@@ -407,8 +415,15 @@ class AuditLog:
                 )
             )
         storage = LogStorage.open(config.log_dir, create=True)
+        openings = None if config.state_dir is None else config.state_dir / OPENINGS_FILE
         try:
-            return cls(storage=storage, signer=signer, witnesses=witnesses, quorum=section.quorum)
+            return cls(
+                storage=storage,
+                signer=signer,
+                witnesses=witnesses,
+                quorum=section.quorum,
+                openings=openings,
+            )
         except BaseException:
             storage.close()
             raise
@@ -485,11 +500,15 @@ class AuditLog:
             return self._submissions.get(query_id)
 
     def keep_opening(self, query_id: str, opening: ResultOpening) -> None:
-        """Remember a result opening for the requester's receipt."""
+        """Remember a result opening for the requester's receipt, in memory and (with a state
+        directory) in the coordinator's own openings file, so a receipt asked for after a
+        restart still opens the result commitment."""
         with self._lock:
             self._openings[query_id] = opening
             while len(self._openings) > MAX_OPENINGS:
                 self._openings.popitem(last=False)
+            if self._openings_path is not None:
+                _append_opening(self._openings_path, query_id, opening, keep=self._openings)
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -884,6 +903,57 @@ class AuditLog:
             witness.close()
         self.writer.close()
         self.storage.close()
+
+
+def _opening_line(query_id: str, opening: ResultOpening) -> bytes:
+    return (
+        canonical_json(
+            {
+                "query_id": query_id,
+                "salt": _b64(opening.salt),
+                "opened": _b64(opening.canonical_bytes),
+            }
+        )
+        + b"\n"
+    )
+
+
+def _read_openings(path: Path) -> OrderedDict[str, ResultOpening]:
+    """The openings a coordinator kept before it restarted (the newest MAX_OPENINGS); a line
+    torn by a crash is skipped."""
+    out: OrderedDict[str, ResultOpening] = OrderedDict()
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        return out
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    for line in lines[-MAX_OPENINGS:]:
+        try:
+            obj = json.loads(line)
+            out[str(obj["query_id"])] = ResultOpening(
+                salt=base64.b64decode(obj["salt"]),
+                canonical_bytes=base64.b64decode(obj["opened"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def _append_opening(
+    path: Path, query_id: str, opening: ResultOpening, *, keep: OrderedDict[str, ResultOpening]
+) -> None:
+    """Append one opening (flushed to the OS: it survives the process, not the machine); past
+    twice MAX_OPENINGS lines the file is rewritten with the ones still kept."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with path.open("ab") as f:
+            f.write(_opening_line(query_id, opening))
+            size = f.tell()
+        if size > 2 * MAX_OPENINGS * 200:
+            path.write_bytes(b"".join(_opening_line(q, o) for q, o in keep.items()))
+    except OSError as exc:
+        log.warning("a result opening could not be kept in %s: %s", path, exc.strerror)
 
 
 def logged_or_unavailable(error: DataislandError) -> NodeUnavailableError:

@@ -24,7 +24,7 @@ from dataisland.cli.officers import officer_key_path
 from dataisland.client import Client, QueryFailedError
 from dataisland.federation import load_federation
 from dataisland.supervisor import FederationProcesses, RunningNode
-from dataisland.v1 import coordinator_pb2
+from dataisland.v1 import audit_pb2, audit_pb2_grpc, coordinator_pb2
 from ledger.entries import AttestationEntry, Entry, FailureEntry, QueryEntry
 from policies.signing import load_private_key
 from tests.integration.conftest import approve_everywhere, client_for, free_base_port, https_request
@@ -233,8 +233,18 @@ def test_a_restarted_coordinator_keeps_the_officers_template_approvals(
         first = client.submit(TEMPLATE, purpose="eligibility check", params=params)
         approve_everywhere(fed, first.query_id, runs=2)
         assert client.wait(first.query_id).state == SUCCEEDED
+        with client_for(fed) as analyst:
+            released = analyst.query(CLAIMS, purpose="statistics")
         _kill(_node(nodes, "coordinator"))
         _restart(nodes, "coordinator")
+        # The requester's receipt still opens its result's commitment after the restart.
+        with client_for(fed) as analyst:
+            receipt = audit_pb2_grpc.AuditServiceStub(analyst._channel).GetReceipt(
+                audit_pb2.GetReceiptRequest(query_id=released.status.query_id, timeout_ms=10_000),
+                timeout=20,
+            )
+        assert len(receipt.result_salt) == 32
+        assert json.loads(receipt.result_opening)["result_digest"] == released.digest
         # The second run needs no officer, after the restart as before it; the third waits.
         second = client.submit(TEMPLATE, purpose="eligibility check", params=params)
         assert client.wait(second.query_id).state == SUCCEEDED
