@@ -25,9 +25,14 @@ A released entry carries the aggregator's own commitment and its signature over 
 statement (dataisland/attestation.py); attestation entries are appended by the coordinator's
 `Attestor` (coordinator/attestation.py, wired in coordinator/server.py).
 
-Not done here: execution reports from enclaves (witnesses do not check them yet), policy
-activation entries, each partial's signature in the query entry, and openings survive only in
-this process's memory (a receipt asked for after a coordinator restart has no opening).
+The checkpointer also keeps the witnesses' replicas: before cosigning, each witness is pushed the
+entries it lacks with the log-signed checkpoint they lead to, and every quorum checkpoint is
+published back to every witness (a restarted enclave rebuilds its state against one). Before each
+checkpoint it logs the execution reports the witnesses hold that the log lacks, and an idle log
+is re-cosigned every `REFRESH_SECONDS`.
+
+This module does not judge queries, talk to enclaves, or verify what enclaves signed (the
+auditor's `ledger.signatures` does, offline).
 """
 
 from __future__ import annotations
