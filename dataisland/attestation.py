@@ -33,7 +33,9 @@ from typing import Literal, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from dataisland.canonical import (
@@ -60,6 +62,16 @@ RELAYED_MAX_AGE = dt.timedelta(minutes=10)
 """Oldest relayed evidence an enclave accepts (the coordinator re-attests every 5 minutes)."""
 MAX_SKEW = dt.timedelta(seconds=30)
 Role = Literal["department", "aggregator"]
+Kem = Literal["x25519", "mlkem768-x25519"]
+"""The HPKE KEM of a federation (its federation file's `attestation.hpke_kem`)."""
+HpkePublicKey = X25519PublicKey | hpke.MLKEM768X25519PublicKey
+MLKEM768_PUBLIC_SIZE = 1184
+HPKE_KEY_SIZES: Mapping[str, int] = {
+    "x25519": KEY_SIZE,
+    "mlkem768-x25519": MLKEM768_PUBLIC_SIZE + KEY_SIZE,
+}
+"""The size of an enclave's HPKE public key in evidence: X25519's 32 bytes, or ML-KEM-768's
+1,184 followed by X25519's 32."""
 PRODUCT_IDS: Mapping[str, int] = {"department": 1, "aggregator": 2}
 """Product id per enclave role: one signer ships both roles as two products."""
 
@@ -286,7 +298,7 @@ class AttestedEnclave:
         role: ``department`` or ``aggregator``.
         claims: the verified claims.
         signing_key: the enclave's Ed25519 key (partials, results).
-        hpke_key: the enclave's X25519 HPKE key (what partials are sealed to).
+        hpke_key: the enclave's HPKE key (what partials are sealed to), of the federation's KEM.
         evidence: the exact evidence bytes verified (to relay and to log).
     """
 
@@ -294,8 +306,13 @@ class AttestedEnclave:
     role: str
     claims: Claims
     signing_key: Ed25519PublicKey
-    hpke_key: X25519PublicKey
+    hpke_key: HpkePublicKey
     evidence: bytes
+
+    @property
+    def hpke_key_bytes(self) -> bytes:
+        """The HPKE public key as the evidence carries it (sealing binds these bytes)."""
+        return self.claims.hpke_key
 
     @property
     def evidence_hash(self) -> str:
@@ -360,12 +377,14 @@ def verify_evidence(
     nonce: bytes | None = None,
     nonces: NonceBook | None = None,
     max_age: dt.timedelta = RELAYED_MAX_AGE,
+    kem: Kem = "x25519",
 ) -> AttestedEnclave:
     """Verify `evidence` of `node` in the order real verifiers use; return the pinned keys.
 
     Freshness: pass the `nonce` this verifier sent and the `nonces` book that issued it
     (single use), or neither for evidence another party relayed, which must then be at most
     `max_age` old. Either way the claim timestamp may not be in the future beyond MAX_SKEW.
+    The HPKE key must be of the federation's `kem`, so no party can downgrade the sealing.
 
     Raises:
         AttestationError: the first check that fails, named with the node.
@@ -411,8 +430,10 @@ def verify_evidence(
             node, "freshness", f"the relayed evidence is older than {max_age.total_seconds():.0f}s"
         )
     # 4. report_data binds the keys to the nonce
-    if len(claims.signing_key) != KEY_SIZE or len(claims.hpke_key) != KEY_SIZE:
-        raise AttestationError(node, "report_data", "a public key has the wrong size")
+    if len(claims.signing_key) != KEY_SIZE or len(claims.hpke_key) != HPKE_KEY_SIZES[kem]:
+        raise AttestationError(
+            node, "report_data", f"a public key has the wrong size (the federation's KEM is {kem})"
+        )
     if report_data(claims.signing_key, claims.hpke_key, claims.nonce) != claims.report_data:
         raise AttestationError(
             node, "report_data", "report_data is not SHA-256(public keys || nonce)"
@@ -447,8 +468,24 @@ def verify_evidence(
         role=role,
         claims=claims,
         signing_key=Ed25519PublicKey.from_public_bytes(claims.signing_key),
-        hpke_key=X25519PublicKey.from_public_bytes(claims.hpke_key),
+        hpke_key=hpke_public_key(claims.hpke_key, kem=kem),
         evidence=evidence,
+    )
+
+
+def hpke_public_key(data: bytes, *, kem: Kem) -> HpkePublicKey:
+    """An HPKE public key of `kem` from its evidence bytes.
+
+    Raises:
+        ValueError: the bytes are not a key of that KEM.
+    """
+    if len(data) != HPKE_KEY_SIZES[kem]:
+        raise ValueError(f"not a {kem} public key")
+    if kem == "x25519":
+        return X25519PublicKey.from_public_bytes(data)
+    return hpke.MLKEM768X25519PublicKey(
+        MLKEM768PublicKey.from_public_bytes(data[:MLKEM768_PUBLIC_SIZE]),
+        X25519PublicKey.from_public_bytes(data[MLKEM768_PUBLIC_SIZE:]),
     )
 
 
@@ -558,10 +595,12 @@ class TrustAnchors:
     Attributes:
         root: the vendor root certificate the federation file pins.
         references: reference values by role.
+        kem: the HPKE KEM every enclave's key must be of.
     """
 
     root: x509.Certificate
     references: Mapping[str, ReferenceValues]
+    kem: Kem = "x25519"
 
     @classmethod
     def from_federation(cls, federation: Federation) -> TrustAnchors:
@@ -589,7 +628,7 @@ class TrustAnchors:
             )
             for role, entry in section.reference.items()
         }
-        return cls(root=root, references=references)
+        return cls(root=root, references=references, kem=section.hpke_kem)
 
     def verify(
         self,
@@ -615,4 +654,5 @@ class TrustAnchors:
             now=now,
             nonce=nonce,
             nonces=nonces,
+            kem=self.kem,
         )

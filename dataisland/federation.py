@@ -170,6 +170,11 @@ class AttestationSection(_Strict):
 
     vendor_root: Path = Field(description="the (simulated) vendor root certificate (PEM)")
     minimum_svn: int = Field(default=1, ge=0, description="lowest acceptable security version")
+    hpke_kem: Literal["x25519", "mlkem768-x25519"] = Field(
+        default="x25519",
+        description="the KEM partials are sealed with (RFC 9180 DHKEM(X25519), or the hybrid "
+        "post-quantum ML-KEM-768 + X25519); every enclave's evidence must carry a key of it",
+    )
     reference: dict[Literal["department", "aggregator"], ReferenceEntry]
 
     @model_validator(mode="after")

@@ -141,6 +141,7 @@ class Aggregator(enclave_pb2_grpc.AggregatorServiceServicer):
         payload = open_sealed(
             partial.payload,
             private_key=self.attester.keys.hpke_private,
+            public_bytes=self.attester.keys.hpke_public,
             query_id=partial.query_id,
             query_hash=partial.query_hash,
             department=department,

@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import Protocol
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.x509.oid import NameOID
 
@@ -47,6 +48,7 @@ from dataisland.attestation import (
     PRODUCT_IDS,
     Claims,
     Evidence,
+    Kem,
     Role,
     report_data,
 )
@@ -147,26 +149,46 @@ def measure(config: NodeConfig, federation: Federation, *, root: Path | None = N
     )
 
 
-class EnclaveKeys:
-    """The enclave's own keys, generated at start; the private halves never leave the process."""
+HpkePrivateKey = X25519PrivateKey | hpke.MLKEM768X25519PrivateKey
 
-    def __init__(self, signing: Ed25519PrivateKey, hpke: X25519PrivateKey) -> None:
+
+class EnclaveKeys:
+    """The enclave's own keys, generated at start; the private halves never leave the process.
+
+    Attributes:
+        signing_public: the Ed25519 public key, raw.
+        hpke_public: the HPKE public key as evidence carries it (X25519's 32 bytes, or
+            ML-KEM-768's 1,184 then X25519's 32 for the hybrid KEM).
+    """
+
+    def __init__(
+        self, signing: Ed25519PrivateKey, hpke_key: HpkePrivateKey, hpke_public: bytes
+    ) -> None:
         self._signing = signing
-        self._hpke = hpke
+        self._hpke = hpke_key
         self.signing_public = signing.public_key().public_bytes_raw()
-        self.hpke_public = hpke.public_key().public_bytes_raw()
+        self.hpke_public = hpke_public
 
     @classmethod
-    def generate(cls) -> EnclaveKeys:
-        """Fresh keys."""
-        return cls(Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
+    def generate(cls, kem: Kem = "x25519") -> EnclaveKeys:
+        """Fresh keys, the HPKE one of the federation's `kem`."""
+        exchange = X25519PrivateKey.generate()
+        exchange_public = exchange.public_key().public_bytes_raw()
+        if kem == "x25519":
+            return cls(Ed25519PrivateKey.generate(), exchange, exchange_public)
+        lattice = MLKEM768PrivateKey.generate()
+        return cls(
+            Ed25519PrivateKey.generate(),
+            hpke.MLKEM768X25519PrivateKey(lattice, exchange),
+            lattice.public_key().public_bytes_raw() + exchange_public,
+        )
 
     def sign(self, statement: bytes) -> bytes:
         """Ed25519 signature over `statement` with the attested signing key."""
         return self._signing.sign(statement)
 
     @property
-    def hpke_private(self) -> X25519PrivateKey:
+    def hpke_private(self) -> HpkePrivateKey:
         """The HPKE private key (for opening partials inside this enclave only)."""
         return self._hpke
 

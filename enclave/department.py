@@ -430,6 +430,7 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
         ciphertext = seal(
             arrow_to_ipc(partial.table),
             aggregator_key=aggregator.hpke_key,
+            aggregator_key_bytes=aggregator.hpke_key_bytes,
             query_id=request.query_id,
             query_hash=digest,
             department=self.department,

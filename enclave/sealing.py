@@ -1,6 +1,10 @@
 """Sealing a partial to the attested aggregator: padding and HPKE (RFC 9180, base mode).
 
-Suite: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-128-GCM, from cryptography's hpke module.
+Suite: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-128-GCM, from cryptography's hpke module;
+or, where the federation file asks for it (`attestation.hpke_kem: mlkem768-x25519`), the
+hybrid post-quantum KEM ML-KEM-768 + X25519 with the same KDF and AEAD, so a partial recorded
+today stays sealed against a future quantum computer. The suite follows the aggregator's key,
+whose kind its verified evidence fixed.
 The info string is the RFC 8785 JSON of {format, query_id, query_hash, department,
 aggregator_key}: a ciphertext opens only for the query, department and aggregator key it was
 sealed for, so the coordinator cannot move a partial between queries or to another aggregator.
@@ -21,10 +25,18 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from dataisland.attestation import HpkePublicKey
 from dataisland.canonical import canonical_json
 from dataisland.errors import InvalidInputError, PermissionDeniedError
 
 SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM)
+HYBRID_SUITE = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM)
+
+
+def _suite(key: object) -> hpke.Suite:
+    return SUITE if isinstance(key, X25519PublicKey | X25519PrivateKey) else HYBRID_SUITE
+
+
 SEAL_FORMAT = "dataisland-sealed-partial-v1"
 MIN_BUCKET = 16_384
 LENGTH_BYTES = 8
@@ -80,25 +92,28 @@ def seal_info(*, query_id: str, query_hash: str, department: str, aggregator_key
 def seal(
     payload: bytes,
     *,
-    aggregator_key: X25519PublicKey,
+    aggregator_key: HpkePublicKey,
+    aggregator_key_bytes: bytes,
     query_id: str,
     query_hash: str,
     department: str,
 ) -> bytes:
-    """Pad `payload` and seal it to `aggregator_key` (the attested aggregator's HPKE key)."""
+    """Pad `payload` and seal it to `aggregator_key` (the attested aggregator's HPKE key, whose
+    evidence bytes are `aggregator_key_bytes`)."""
     info = seal_info(
         query_id=query_id,
         query_hash=query_hash,
         department=department,
-        aggregator_key=aggregator_key.public_bytes_raw(),
+        aggregator_key=aggregator_key_bytes,
     )
-    return SUITE.encrypt(pad(payload), aggregator_key, info=info)
+    return _suite(aggregator_key).encrypt(pad(payload), aggregator_key, info=info)
 
 
 def open_sealed(
     ciphertext: bytes,
     *,
-    private_key: X25519PrivateKey,
+    private_key: X25519PrivateKey | hpke.MLKEM768X25519PrivateKey,
+    public_bytes: bytes,
     query_id: str,
     query_hash: str,
     department: str,
@@ -113,10 +128,10 @@ def open_sealed(
         query_id=query_id,
         query_hash=query_hash,
         department=department,
-        aggregator_key=private_key.public_key().public_bytes_raw(),
+        aggregator_key=public_bytes,
     )
     try:
-        padded = SUITE.decrypt(ciphertext, private_key, info=info)
+        padded = _suite(private_key).decrypt(ciphertext, private_key, info=info)
     except (InvalidTag, ValueError):
         raise PermissionDeniedError(
             f"the partial of {department} does not open: it was sealed to another aggregator "

@@ -58,7 +58,8 @@ def _attester(federation: Federation, config: NodeConfig, *, node: str, role: Ro
     provider = SimulatedEvidenceProvider.load(
         config, node=node, role=role, measured=measured, clock=_utc_now
     )
-    return Attester(keys=EnclaveKeys.generate(), provider=provider)
+    kem = federation.attestation.hpke_kem if federation.attestation else "x25519"
+    return Attester(keys=EnclaveKeys.generate(kem), provider=provider)
 
 
 def witness_log(federation: Federation, config: NodeConfig, department: str) -> WitnessLog:

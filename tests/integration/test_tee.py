@@ -279,6 +279,32 @@ def test_sealed_partials_of_one_group_and_many_groups_have_the_same_size(tee: Pa
     assert len(one.payload) == len(many.payload) == MIN_BUCKET + 32 + 16
 
 
+def test_a_federation_can_seal_partials_with_the_hybrid_post_quantum_kem(
+    tee_dir: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "fed"
+    shutil.copytree(tee_dir, copy, ignore=shutil.ignore_patterns("logs", "audit"))
+    _rebase_ports(copy, free_base_port())
+    path = copy / "federation.yaml"
+    path.write_text(
+        path.read_text().replace(
+            "  minimum_svn: 1\n", "  minimum_svn: 1\n  hpke_kem: mlkem768-x25519\n"
+        )
+    )
+    assert load_federation(path).attestation.hpke_kem == "mlkem768-x25519"  # type: ignore[union-attr]
+    with FederationProcesses(copy):
+        partial = _partial(
+            copy, "qingpu", _forwarded(copy, "SELECT count(*) AS n FROM claims"), "q"
+        )
+        # ML-KEM-768 + X25519's encapsulation (1,120 bytes) and the AES-GCM tag.
+        assert len(partial.payload) == MIN_BUCKET + 1120 + 16
+        with Client.from_federation(copy, identity=ANALYST) as client:
+            result = client.query(
+                "SELECT category, count(*) AS n FROM claims GROUP BY category", purpose="statistics"
+            )
+        assert result.rows
+
+
 # -- attestation refusals -------------------------------------------------------------------
 
 

@@ -22,8 +22,10 @@ from dataisland.attestation import (
     BadSignatureError,
     Claims,
     Evidence,
+    Kem,
     NonceBook,
     ReferenceValues,
+    hpke_public_key,
     partial_statement,
     result_statement,
     verify_evidence,
@@ -138,7 +140,7 @@ def test_valid_evidence_pins_the_enclave_keys(vendor: Path) -> None:
         nonces=nonces,
     )
     assert attested.signing_key.public_bytes_raw() == keys.signing_public
-    assert attested.hpke_key.public_bytes_raw() == keys.hpke_public
+    assert attested.hpke_key_bytes == keys.hpke_public
     assert attested.claims.simulated
     assert attested.claims.config == MEASURED.config
 
@@ -342,38 +344,98 @@ def _ipc(rows: int) -> bytes:
     )
 
 
-def test_seal_and_open_round_trip_and_binding() -> None:
-    key = X25519PrivateKey.generate()
+@pytest.mark.parametrize("kem", ["x25519", "mlkem768-x25519"])
+def test_seal_and_open_round_trip_and_binding(kem: Kem) -> None:
+    keys = EnclaveKeys.generate(kem)
+    public = hpke_public_key(keys.hpke_public, kem=kem)
     payload = _ipc(3)
     sealed = seal(
-        payload, aggregator_key=key.public_key(), query_id="q1", query_hash="aa", department="d"
+        payload,
+        aggregator_key=public,
+        aggregator_key_bytes=keys.hpke_public,
+        query_id="q1",
+        query_hash="aa",
+        department="d",
     )
     assert payload not in sealed
-    opened = open_sealed(sealed, private_key=key, query_id="q1", query_hash="aa", department="d")
-    assert opened == payload
-    for changes in ({"query_id": "q2"}, {"query_hash": "bb"}, {"department": "e"}):
-        kwargs = {"query_id": "q1", "query_hash": "aa", "department": "d", **changes}
+
+    def opened(ciphertext: bytes, query_id: str = "q1", query_hash: str = "aa") -> bytes:
+        return open_sealed(
+            ciphertext,
+            private_key=keys.hpke_private,
+            public_bytes=keys.hpke_public,
+            query_id=query_id,
+            query_hash=query_hash,
+            department="d",
+        )
+
+    assert opened(sealed) == payload
+    for changes in ({"query_id": "q2"}, {"query_hash": "bb"}):
         with pytest.raises(PermissionDeniedError):
-            open_sealed(sealed, private_key=key, **kwargs)
+            opened(sealed, **changes)
+    other = EnclaveKeys.generate(kem)
     with pytest.raises(PermissionDeniedError):
         open_sealed(
             sealed,
-            private_key=X25519PrivateKey.generate(),
+            private_key=other.hpke_private,
+            public_bytes=other.hpke_public,
             query_id="q1",
             query_hash="aa",
             department="d",
         )
-    tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    with pytest.raises(PermissionDeniedError):  # sealed for another department
+        open_sealed(
+            sealed,
+            private_key=keys.hpke_private,
+            public_bytes=keys.hpke_public,
+            query_id="q1",
+            query_hash="aa",
+            department="e",
+        )
     with pytest.raises(PermissionDeniedError):
-        open_sealed(tampered, private_key=key, query_id="q1", query_hash="aa", department="d")
+        opened(sealed[:-1] + bytes([sealed[-1] ^ 1]))
+
+
+def test_evidence_with_a_key_of_another_kem_is_refused(vendor: Path) -> None:
+    """A federation that seals with the hybrid KEM refuses an X25519-only enclave: no downgrade."""
+    keys = EnclaveKeys.generate("x25519")
+    nonces = NonceBook()
+    nonce = nonces.issue(NOW)
+    evidence = _provider(vendor).evidence(
+        signing_key=keys.signing_public, hpke_key=keys.hpke_public, nonce=nonce
+    )
+    with pytest.raises(AttestationError) as info:
+        verify_evidence(
+            evidence,
+            node="qingpu",
+            role="department",
+            root=_root(vendor),
+            reference=_reference(),
+            now=NOW,
+            nonce=nonce,
+            nonces=nonces,
+            kem="mlkem768-x25519",
+        )
+    assert info.value.check == "report_data"
+    assert "mlkem768-x25519" in str(info.value)
 
 
 def test_sealed_sizes_of_one_and_many_groups_in_a_bucket_are_equal() -> None:
     key = X25519PrivateKey.generate().public_key()
+    raw = key.public_bytes_raw()
     one, many = _ipc(1), _ipc(60)
     assert len(one) < len(many) < MIN_BUCKET - 8
     sizes = {
-        len(seal(p, aggregator_key=key, query_id="q", query_hash="h", department="d"))
+        len(
+            seal(
+                p,
+                aggregator_key=key,
+                aggregator_key_bytes=raw,
+                query_id="q",
+                query_hash="h",
+                department="d",
+            )
+        )
         for p in (one, many)
     }
     assert sizes == {MIN_BUCKET + 32 + 16}  # X25519 enc + AES-GCM tag
