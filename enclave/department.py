@@ -115,6 +115,10 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
         self.query_timeout = query_timeout
         self.versions = dict(versions)
         check_shard_schema(department, catalog, shard.tables())
+        # Tables whose partials may bound units by their masks (verified here, not trusted).
+        self.masked = shard.verify_unit_masks(
+            {n: i.privacy_unit for n, i in catalog.items() if department in i.holders}
+        )
 
     @guarded
     def DescribeShard(
@@ -189,7 +193,8 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
         )
         remaining = context.time_remaining()
         timeout = self.query_timeout if remaining is None else min(self.query_timeout, remaining)
-        partial = self.shard.run(plan.partial_sql, timeout=timeout)
+        k = decision.k[self.department]
+        partial = self.shard.run(plan.partial_sql_for(k=k, masked=self.masked), timeout=timeout)
         digest = query_hash(parsed.canonical_sql).hex()
         ciphertext = seal(
             arrow_to_ipc(partial.table),
@@ -198,7 +203,6 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
             query_hash=digest,
             department=self.department,
         )
-        k = decision.k[self.department]
         policy_hashes = {self.department: policy.hash}
         statement = partial_statement(
             department=self.department,

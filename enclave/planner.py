@@ -12,7 +12,10 @@ departments into the answer one database holding all the rows would give (the me
 Each partial also carries, per group, the number of distinct privacy units (`__units`) and,
 per aggregate cell that does not simply count the group's rows, the distinct units whose values
 enter that cell (`__units_<j>`: those passing its FILTER and with a non-NULL argument, so a CASE
-that keeps one person's value is counted as one unit). `merge_partials` checks that every
+that keeps one person's value is counted as one unit). The plan has two partials: the exact one
+(ADR 0010) and one that bounds every unit count from below by the shard's per-row unit masks
+(ADR 0011: at most the distinct units, 0 only for no rows), as cheap as the plain query; a
+department picks with `FederatedPlan.partial_sql_for`. `merge_partials` checks that every
 expected department answered, stacks the partials with Arrow and runs the merge through an
 engine it is given.
 
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -47,6 +50,7 @@ from dataisland.errors import (
     UnknownTableError,
     UnsupportedQueryError,
 )
+from dataisland.unitmasks import MASK_COLUMNS, bound_reaches
 from enclave.engine import EngineResult, MergeEngine
 from policies.sqlfront import (
     DIALECT,
@@ -121,6 +125,16 @@ class FederatedPlan:
     unit_columns: tuple[str, ...]
     partial_columns: tuple[str, ...]
     group_columns: tuple[str, ...]
+    bound_partial_sql: str = ""
+    unit_table: str = ""
+
+    def partial_sql_for(self, *, k: int, masked: Collection[str]) -> str:
+        """The partial a department with threshold `k` runs, given its tables with verified
+        unit masks: the lower-bound form where the masks exist and the bound reaches k reliably
+        enough (`dataisland.unitmasks.bound_reaches`), the exact form otherwise."""
+        if self.bound_partial_sql and self.unit_table in masked and bound_reaches(k):
+            return self.bound_partial_sql
+        return self.partial_sql
 
 
 @dataclass
@@ -204,14 +218,17 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
     from_sql = _from_sql(tree)
     key_sql = [k.sql(dialect=DIALECT) for k in keys]
     key_items = [f"{sql} AS {column}" for sql, column in zip(key_sql, group_columns, strict=True)]
-    if all(agg.combine for agg in aggregates.values()):
-        partial_sql = _partial_by_unit(
-            key_items, key_sql, list(aggregates.values()), conditions, unit_sql, from_sql
-        )
+    pieces = list(aggregates.values())
+
+    def one_step(units: Callable[[str | None], str]) -> str:
+        return _partial_one_step(key_items, key_sql, pieces, conditions, units, from_sql)
+
+    if all(agg.combine for agg in pieces):
+        partial_sql = _partial_by_unit(key_items, key_sql, pieces, conditions, unit_sql, from_sql)
     else:
-        partial_sql = _partial_with_distinct(
-            key_items, key_sql, list(aggregates.values()), conditions, unit_sql, from_sql
-        )
+        partial_sql = one_step(lambda condition: _units(unit_sql, condition))
+    masks = [exp.column(m, table=from_ref).sql(dialect=DIALECT) for m in MASK_COLUMNS]
+    bound_partial_sql = one_step(lambda condition: _bounded_units(masks, condition))
 
     # --- merge ---------------------------------------------------------------------------
     def rewrite(node: exp.Expr) -> exp.Expr:
@@ -303,6 +320,8 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
         unit_columns=tuple(unit_columns),
         partial_columns=tuple(partial_columns),
         group_columns=group_columns,
+        bound_partial_sql=bound_partial_sql,
+        unit_table=refs[from_ref],
     )
 
 
@@ -403,21 +422,36 @@ def _partial_by_unit(
     return sql
 
 
-def _partial_with_distinct(
+def _bounded_units(masks: list[str], condition: str | None = None) -> str:
+    """A proven lower bound of the distinct units of a group's (or cell's) rows.
+
+    Each mask column holds one bit per row chosen by its unit's keyed hash, so the OR over rows
+    has at most one bit per distinct unit: its popcount never exceeds the units, and neither
+    does the largest popcount of the masks. No row gives 0; a NULL unit sets bits like any
+    unit, so rows without a unit count as one, as `_units` counts them (ADR 0011).
+    """
+    where = f" FILTER (WHERE {condition})" if condition else ""
+    counts = ", ".join(f"bit_count(bit_or({m}){where})" for m in masks)
+    return f"CAST(COALESCE(greatest({counts}), 0) AS BIGINT)"
+
+
+def _partial_one_step(
     key_items: list[str],
     key_sql: list[str],
     aggregates: list[_Aggregate],
     conditions: Mapping[str, str],
-    unit_sql: str,
+    units: Callable[[str | None], str],
     from_sql: str,
 ) -> str:
-    """The partial in one step, units by `count(DISTINCT ...)` (for pieces that do not
-    re-combine across units)."""
+    """The partial in one step, with `units(condition)` counting (or bounding) the units of the
+    group (condition None) and of each cell: by `count(DISTINCT ...)` for pieces that do not
+    re-combine across units, or by `_bounded_units`, as cheap as the plain query plus one
+    bit-OR per mask, group and cell."""
     items = list(key_items)
     for agg in aggregates:
         items.extend(f"{sql} AS {column}" for column, sql in agg.pieces)
-    items.append(f"{_units(unit_sql)} AS {UNITS_COLUMN}")
-    items.extend(f"{_units(unit_sql, c)} AS {column}" for c, column in conditions.items())
+    items.append(f"{units(None)} AS {UNITS_COLUMN}")
+    items.extend(f"{units(c)} AS {column}" for c, column in conditions.items())
     sql = f"SELECT {', '.join(items)} FROM {from_sql}"
     if key_sql:
         sql += " GROUP BY " + ", ".join(key_sql)

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import duckdb
 
 from dataisland.errors import ExecutionError, QueryDeadlineError
+from dataisland.unitmasks import is_reserved, verify_unit_masks
 from enclave.engine import EngineResult, Lockdown, open_locked
 
 log = logging.getLogger("dataisland.enclave.shard")
@@ -33,15 +35,26 @@ class Shard:
         self._con = open_locked(path, lockdown)
 
     def tables(self) -> dict[str, dict[str, str]]:
-        """Table name to {column: DuckDB type}, in column order."""
+        """Table name to {column: DuckDB type}, in column order, without dataisland's own
+        columns and tables (the unit masks: dataisland/unitmasks.py)."""
         rows = self._con.execute(
             "SELECT table_name, column_name, data_type FROM duckdb_columns() "
             "WHERE schema_name = 'main' AND NOT internal ORDER BY table_name, column_index"
         ).fetchall()
         out: dict[str, dict[str, str]] = {}
         for table, column, type_name in rows:
-            out.setdefault(str(table), {})[str(column)] = str(type_name)
+            if not is_reserved(str(table)) and not is_reserved(str(column)):
+                out.setdefault(str(table), {})[str(column)] = str(type_name)
         return out
+
+    def verify_unit_masks(self, units: Mapping[str, str]) -> frozenset[str]:
+        """The tables (of `units`: table to privacy unit column) whose unit masks every row
+        bears out, recomputed here from the units; the others' partials count exactly.
+
+        Raises:
+            SchemaMismatchError: a table's masks disagree with its units (refuse to serve).
+        """
+        return frozenset(t for t, unit in units.items() if verify_unit_masks(self._con, t, unit))
 
     def run(self, sql: str, *, timeout: float) -> EngineResult:
         """Run `sql` on a fresh cursor, interrupted after `timeout` seconds.
