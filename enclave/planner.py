@@ -105,7 +105,8 @@ class FederatedPlan:
         partial_sql: runs on each department's shard, where each logical table exists under
             its logical name.
         merge_sql: runs over `partials`, the union of all departments' partial results with
-            an added `__department VARCHAR` column.
+            an added `__department VARCHAR` column; its last two columns repeat, on every
+            released row, what `suppression_sql` counts (`SUPPRESSION_COLUMNS`).
         departments: the departments that must each send exactly one partial.
         output_names: the merge's output column names, as DuckDB names them for the
             canonical query.
@@ -114,7 +115,11 @@ class FederatedPlan:
         partial_columns: every partial column, in order (`merge_partials` checks them).
         group_columns: the partial columns holding the GROUP BY keys (`__g0`, ...).
         suppression_sql: counts, over the same inputs as the merge, the groups dropped and the
-            cells nulled by the release rules (before HAVING), as `rows` and `cells`.
+            cells nulled by the release rules (before HAVING), as `SUPPRESSION_COLUMNS`
+            (run on its own only when the merge releases no row).
+        bound_partial_sql: the partial with unit counts bounded from below by the shard's
+            unit masks (ADR 0011); `partial_sql_for` picks one.
+        unit_table: the logical table whose privacy units the partial counts.
     """
 
     partial_sql: str
@@ -277,9 +282,16 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
     if window_items:
         extra = ", ".join(f"{sql} AS {column}" for column, sql in window_items)
         source = f"(SELECT *, {extra} FROM {PARTIALS_RELATION}) AS {PARTIALS_RELATION}"
-    merge_sql = f"SELECT {', '.join(outputs)} FROM {source}"
-    if keys:
-        merge_sql += " GROUP BY " + ", ".join(group_columns)
+    # What the release rules withhold rides along in two trailing columns of every released
+    # row (a one-row cross join), so a merge is one statement; only a merge that releases no
+    # row runs the suppression count on its own.
+    suppression_sql = _suppression_sql(unit_columns, group_columns)
+    counted = [f"{_COUNTS}.{column}" for column in SUPPRESSION_COLUMNS]
+    merge_sql = (
+        f"SELECT {', '.join(outputs)}, {', '.join(counted)} FROM {source} "
+        f"CROSS JOIN ({suppression_sql}) AS {_COUNTS} GROUP BY "
+        + ", ".join([*group_columns, *counted])
+    )
     # The release rule for the whole row comes first; a global aggregate with no unit fails it
     # too (its max is NULL), so it gives no row.
     having_terms = [_passes(UNITS_COLUMN)]
@@ -314,7 +326,7 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
     return FederatedPlan(
         partial_sql=partial_sql,
         merge_sql=merge_sql,
-        suppression_sql=_suppression_sql(unit_columns, group_columns),
+        suppression_sql=suppression_sql,
         departments=departments,
         output_names=parsed.output_names,
         unit_columns=tuple(unit_columns),
@@ -470,6 +482,11 @@ def _passes(unit_column: str) -> str:
     )
 
 
+SUPPRESSION_COLUMNS = ("__suppressed_rows", "__suppressed_cells")
+"""The merge's two trailing columns: groups dropped and cells nulled by the release rules."""
+_COUNTS = "__suppressed"
+
+
 def _suppression_sql(unit_columns: list[str], group_columns: tuple[str, ...]) -> str:
     groups = f" GROUP BY {', '.join(group_columns)}" if group_columns else ""
     flags = ", ".join(f"{_passes(u)} AS ok{j}" for j, u in enumerate(unit_columns))
@@ -477,7 +494,8 @@ def _suppression_sql(unit_columns: list[str], group_columns: tuple[str, ...]) ->
         f"count(*) FILTER (WHERE ok0 AND NOT ok{j})" for j in range(1, len(unit_columns))
     )
     return (
-        f"SELECT count(*) FILTER (WHERE NOT ok0) AS rows, CAST({cells or '0'} AS BIGINT) AS cells "
+        f"SELECT count(*) FILTER (WHERE NOT ok0) AS {SUPPRESSION_COLUMNS[0]}, "
+        f"CAST({cells or '0'} AS BIGINT) AS {SUPPRESSION_COLUMNS[1]} "
         f"FROM (SELECT {flags} FROM {PARTIALS_RELATION}{groups})"
     )
 
@@ -686,9 +704,16 @@ def merge_partials(
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         raise SchemaMismatchError("the departments' partials have different column types") from None
     tables = {PARTIALS_RELATION: union}
-    counts = engine.run(plan.suppression_sql, tables).table.to_pylist()[0]
+    merged = engine.run(plan.merge_sql, tables)
+    released = len(merged.types) - len(SUPPRESSION_COLUMNS)
+    table = merged.table
+    counts = table.slice(0, 1).select(list(range(released, table.num_columns))).to_pylist()
+    if not counts:
+        counts = engine.run(plan.suppression_sql, tables).table.to_pylist()
     return MergeOutcome(
-        result=engine.run(plan.merge_sql, tables),
-        suppressed_rows=int(counts["rows"] or 0),
-        suppressed_cells=int(counts["cells"] or 0),
+        result=EngineResult(
+            table=table.select(list(range(released))), types=merged.types[:released]
+        ),
+        suppressed_rows=int(counts[0][SUPPRESSION_COLUMNS[0]] or 0),
+        suppressed_cells=int(counts[0][SUPPRESSION_COLUMNS[1]] or 0),
     )
