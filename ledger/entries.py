@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
@@ -30,6 +29,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
@@ -182,23 +182,24 @@ class Entry(_Record):
                 unknown or ill-typed field, or a kind other than the class asked for.
         """
         check_entry_size(data)
-        # Plain JSON parsing only finds the kind; canonical form (no duplicate keys, no floats,
-        # key order, escapes) is proven below, where the parsed entry must re-serialise to these
-        # very bytes. Checking it here as well cost a second RFC 8785 serialisation per entry.
+        # One strict parse in pydantic's parser, dispatched on `kind`; canonical form (no
+        # duplicate keys, no floats, key order, escapes) is proven below, where the entry must
+        # re-serialise to these very bytes.
         try:
-            obj = json.loads(data)
-        except (ValueError, RecursionError):
-            raise MalformedEntryError("entry is not canonical JSON: not valid JSON") from None
-        kind = obj.get("kind") if isinstance(obj, dict) else None
-        target = _KINDS.get(kind) if isinstance(kind, str) else None
-        if target is None:
-            raise MalformedEntryError("entry has no known kind")
-        if not issubclass(target, cls):
-            raise MalformedEntryError(f"entry is a {kind!r}, not a {cls.KIND or cls.__name__!r}")
-        try:
-            entry = target.model_validate_json(data, strict=True)
+            entry: Entry = _ANY_ENTRY.validate_json(data, strict=True)
         except ValidationError as e:
+            errors = e.errors()
+            if any(err["type"] in ("union_tag_invalid", "union_tag_not_found") for err in errors):
+                raise MalformedEntryError("entry has no known kind") from None
+            if any(err["type"] == "json_invalid" for err in errors):
+                raise MalformedEntryError("entry is not canonical JSON: not valid JSON") from None
+            kind = str(errors[0]["loc"][0]) if errors and errors[0]["loc"] else "entry"
             raise MalformedEntryError(f"{kind} entry: {_model_errors(e)}") from None
+        if not isinstance(entry, cls):
+            raise MalformedEntryError(
+                f"entry is a {entry.KIND!r}, not a {cls.KIND or cls.__name__!r}"
+            )
+        kind = entry.KIND
         if entry.to_bytes() != data:
             raise MalformedEntryError(f"{kind} entry does not re-serialise to the same bytes")
         return entry
@@ -393,3 +394,6 @@ _KINDS: dict[str, type[Entry]] = {
 }
 ENTRY_KINDS = tuple(sorted(_KINDS))
 """Every kind this version knows."""
+
+_ANY_ENTRY: TypeAdapter[AnyEntry] = TypeAdapter(Annotated[AnyEntry, Field(discriminator="kind")])
+"""Parses any kind in one pass (pydantic reads `kind` first and validates that model)."""
