@@ -21,7 +21,7 @@ import duckdb
 
 from dataisland.errors import ExecutionError, QueryDeadlineError
 from dataisland.unitmasks import is_reserved, verify_unit_masks
-from enclave.engine import EngineResult, Lockdown, open_locked
+from enclave.engine import EngineResult, Lockdown, execute_arrow, open_locked
 
 log = logging.getLogger("dataisland.enclave.shard")
 
@@ -77,9 +77,7 @@ class Shard:
         watchdog.daemon = True
         watchdog.start()
         try:
-            relation = cursor.sql(sql)
-            types = tuple(str(t) for t in relation.types)
-            table = relation.to_arrow_table()
+            result = execute_arrow(cursor, sql)
         except duckdb.InterruptException:
             raise QueryDeadlineError(
                 f"the partial ran past its deadline of {timeout:.1f}s"
@@ -97,7 +95,7 @@ class Shard:
         finally:
             watchdog.cancel()
             cursor.close()
-        return EngineResult(table=table, types=types)
+        return result
 
     def close(self) -> None:
         """Close the connection."""
