@@ -213,3 +213,34 @@ def test_evidence_that_fails_its_reference_fails_the_log(vendor: Path) -> None:
         checker.check(7, department)
     assert info.value.index == 7
     assert "evidence of qingpu does not verify" in str(info.value)
+
+
+def test_batched_checks_still_name_the_first_bad_index(vendor: Path, anchors: TrustAnchors) -> None:
+    """With a batch, a bad signature waits, but is raised before a later entry's failure, and
+    at the latest by flush()."""
+    department, department_keys = _attest(vendor, "qingpu", "department")
+    aggregator, aggregator_keys = _attest(vendor, "committee", "aggregator")
+    good = _released(department_keys, aggregator_keys).to_bytes()
+    bad = _released(department_keys, aggregator_keys, k=2).to_bytes()
+    checker = SignatureChecker(anchors, batch=100)
+    for index, data in enumerate([department, aggregator, good, bad]):
+        checker.check(index, data)  # nothing verified yet
+    with pytest.raises(VerificationError) as info:
+        checker.check(4, b"not an entry")
+    assert info.value.index == 3
+    assert "the partial of qingpu does not verify" in str(info.value)
+
+    waiting = SignatureChecker(anchors, batch=100)
+    for index, data in enumerate([department, aggregator, bad, good]):
+        waiting.check(index, data)
+    with pytest.raises(VerificationError) as info:
+        waiting.flush()
+    assert info.value.index == 2
+
+    full = SignatureChecker(anchors, batch=2)  # the batch fills at the bad entry's two checks
+    full.check(0, department)
+    full.check(1, aggregator)
+    with pytest.raises(VerificationError) as info:
+        full.check(2, bad)
+    assert info.value.index == 2
+    assert (full.partials, full.results) == (1, 1)
