@@ -119,6 +119,7 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
         self.masked = shard.verify_unit_masks(
             {n: i.privacy_unit for n, i in catalog.items() if department in i.holders}
         )
+        self.dense = shard.dense_columns(self.masked)
 
     @guarded
     def DescribeShard(
@@ -194,7 +195,8 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
         remaining = context.time_remaining()
         timeout = self.query_timeout if remaining is None else min(self.query_timeout, remaining)
         k = decision.k[self.department]
-        partial = self.shard.run(plan.partial_sql_for(k=k, masked=self.masked), timeout=timeout)
+        sql = plan.partial_sql_for(k=k, masked=self.masked, dense=self.dense)
+        partial = self.shard.run(sql, timeout=timeout)
         digest = query_hash(parsed.canonical_sql).hex()
         ciphertext = seal(
             arrow_to_ipc(partial.table),

@@ -132,14 +132,25 @@ class FederatedPlan:
     group_columns: tuple[str, ...]
     bound_partial_sql: str = ""
     unit_table: str = ""
+    bound_dense_partial_sql: str = ""
+    dense_columns: frozenset[str] = frozenset()
 
-    def partial_sql_for(self, *, k: int, masked: Collection[str]) -> str:
+    def partial_sql_for(
+        self, *, k: int, masked: Collection[str], dense: Collection[tuple[str, str]] = ()
+    ) -> str:
         """The partial a department with threshold `k` runs, given its tables with verified
-        unit masks: the lower-bound form where the masks exist and the bound reaches k reliably
-        enough (`dataisland.unitmasks.bound_reaches`), the exact form otherwise."""
-        if self.bound_partial_sql and self.unit_table in masked and bound_reaches(k):
-            return self.bound_partial_sql
-        return self.partial_sql
+        unit masks and its (table, column) pairs that hold no NULL: the lower-bound form where
+        the masks exist and the bound reaches k reliably enough
+        (`dataisland.unitmasks.bound_reaches`), the exact form otherwise. Where every column in
+        `dense_columns` holds no NULL, the bound form that gives cells over those columns their
+        group's bound (the same rows, so the same units) instead of masks of their own."""
+        if not (self.bound_partial_sql and self.unit_table in masked and bound_reaches(k)):
+            return self.partial_sql
+        if self.bound_dense_partial_sql and all(
+            (self.unit_table, column) in dense for column in self.dense_columns
+        ):
+            return self.bound_dense_partial_sql
+        return self.bound_partial_sql
 
 
 @dataclass
@@ -202,6 +213,7 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
     aggregates: dict[str, _Aggregate] = {}
     cells: dict[str, str] = {}  # aggregate key -> its unit column, when not the group's
     conditions: dict[str, str] = {}  # cell condition SQL -> its unit column
+    dense: dict[str, str] = {}  # cell condition that is only "column IS NOT NULL" -> column
     for node in _aggregate_nodes(tree):
         agg_key = expression_key(node, single)
         if agg_key in aggregates:
@@ -211,6 +223,9 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
         if condition is not None:
             column = conditions.setdefault(condition, f"{UNITS_COLUMN}_{len(conditions)}")
             cells[agg_key] = column
+            argument = _plain_argument(node)
+            if single is not None and argument is not None:
+                dense[condition] = argument
 
     # --- partial -------------------------------------------------------------------------
     partial_columns = [
@@ -234,6 +249,12 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
         partial_sql = one_step(lambda condition: _units(unit_sql, condition))
     masks = [exp.column(m, table=from_ref).sql(dialect=DIALECT) for m in MASK_COLUMNS]
     bound_partial_sql = one_step(lambda condition: _bounded_units(masks, condition))
+    # Where the shard holds no NULL in such a column, the cell's rows are the group's rows.
+    bound_dense_partial_sql = (
+        one_step(lambda condition: _bounded_units(masks, None if condition in dense else condition))
+        if dense
+        else ""
+    )
 
     # --- merge ---------------------------------------------------------------------------
     def rewrite(node: exp.Expr) -> exp.Expr:
@@ -334,6 +355,8 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
         group_columns=group_columns,
         bound_partial_sql=bound_partial_sql,
         unit_table=refs[from_ref],
+        bound_dense_partial_sql=bound_dense_partial_sql,
+        dense_columns=frozenset(dense.values()),
     )
 
 
@@ -381,6 +404,19 @@ def _cell_condition(node: exp.Expr) -> str | None:
     if arg is not None and not isinstance(arg, exp.Star):
         terms.append(f"({arg.sql(dialect=DIALECT)}) IS NOT NULL")
     return " AND ".join(terms) if terms else None
+
+
+def _plain_argument(node: exp.Expr) -> str | None:
+    """The column an aggregate without FILTER takes as its argument, if it is just a column
+    (then its cell's rows are the group's rows wherever that column holds no NULL)."""
+    if isinstance(node, exp.Filter):
+        return None
+    arg = node.this
+    if isinstance(arg, exp.Paren):
+        arg = arg.this
+    if isinstance(arg, exp.Column) and not isinstance(arg.this, exp.Star):
+        return str(arg.name).lower()
+    return None
 
 
 def _units(unit_sql: str, condition: str | None = None) -> str:

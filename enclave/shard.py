@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import duckdb
@@ -55,6 +55,22 @@ class Shard:
             SchemaMismatchError: a table's masks disagree with its units (refuse to serve).
         """
         return frozenset(t for t, unit in units.items() if verify_unit_masks(self._con, t, unit))
+
+    def dense_columns(self, tables: Collection[str]) -> frozenset[tuple[str, str]]:
+        """The (table, column) pairs of `tables` with no NULL in any row: a partial may give a
+        cell over such a column its group's unit bound (the same rows). The shard is
+        read-only, so what this finds at start stays true.
+        """
+        found: set[tuple[str, str]] = set()
+        for table, columns in self.tables().items():
+            if table not in tables or not columns:
+                continue
+            names = list(columns)
+            quoted = ['"' + c.replace('"', '""') + '"' for c in [table, *names]]
+            counts = ", ".join(f"count(*) - count({c})" for c in quoted[1:])
+            nulls = self._con.execute(f"SELECT {counts} FROM {quoted[0]}").fetchall()[0]
+            found.update((table, c) for c, n in zip(names, nulls, strict=True) if n == 0)
+        return frozenset(found)
 
     def run(self, sql: str, *, timeout: float) -> EngineResult:
         """Run `sql` on a fresh cursor, interrupted after `timeout` seconds.

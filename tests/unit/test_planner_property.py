@@ -139,10 +139,15 @@ def _connection(table: pa.Table, *, masks: bool = False) -> duckdb.DuckDBPyConne
 
 
 def _partial(plan: FederatedPlan, table: pa.Table, *, k: int, masks: bool) -> EngineResult:
-    """A department's partial: the bound form on a shard with unit masks, else the exact one."""
+    """A department's partial: the bound form on a shard with unit masks (giving cells over a
+    column without NULLs their group's bound where this shard has none), else the exact one."""
     con = _connection(table, masks=masks)
-    sql = plan.partial_sql_for(k=k, masked={"claims"} if masks else set())
-    assert (sql == plan.bound_partial_sql) == masks
+    nulls = con.execute(
+        "SELECT " + ", ".join(f"count(*) - count({c})" for c in COLUMNS) + " FROM claims"
+    ).fetchall()[0]
+    dense = {("claims", c) for c, n in zip(COLUMNS, nulls, strict=True) if n == 0}
+    sql = plan.partial_sql_for(k=k, masked={"claims"} if masks else set(), dense=dense)
+    assert (sql in (plan.bound_partial_sql, plan.bound_dense_partial_sql)) == masks
     relation = con.sql(sql)
     result = EngineResult(relation.to_arrow_table(), tuple(str(t) for t in relation.types))
     con.close()

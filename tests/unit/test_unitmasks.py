@@ -146,3 +146,32 @@ def test_requesters_cannot_name_the_masks() -> None:
             parse_query(f"SELECT sum({column}) AS s FROM claims", catalog=CATALOG)
     with pytest.raises(UnsupportedQueryError, match="reserved"):
         parse_query(f"SELECT count(*) AS c FROM {SALTS_TABLE}", catalog=CATALOG)
+
+
+def test_cells_over_columns_without_nulls_share_their_groups_bound(tmp_path: Path) -> None:
+    """A cell whose rows are its group's wherever its column holds no NULL gets the group's
+    bound, computed once; the answer is the same, and a column with a NULL keeps the cell's own."""
+    path = tmp_path / "shard.duckdb"
+    con = duckdb.connect(str(path))
+    _shard(con, 200, 5)
+    con.close()
+    shard = Shard(path, Lockdown(threads=1, memory_limit="256MB"))
+    dense = shard.dense_columns({"claims"})
+    assert dense == {("claims", "pid"), ("claims", "grp"), ("claims", "n")}
+    plan = plan_query(
+        parse_query(
+            "SELECT grp, sum(n) AS s, avg(n) AS a, count(*) FILTER (WHERE n > 0) AS c "
+            "FROM claims GROUP BY grp",
+            catalog=CATALOG,
+        ),
+        CATALOG,
+    )
+    assert plan.dense_columns == {"n"}
+    sql = plan.partial_sql_for(k=5, masked={"claims"}, dense=dense)
+    assert sql == plan.bound_dense_partial_sql
+    assert plan.partial_sql_for(k=5, masked={"claims"}, dense=set()) == plan.bound_partial_sql
+    assert plan.partial_sql_for(k=8, masked={"claims"}, dense=dense) == plan.partial_sql
+    same = shard.run(sql, timeout=30).table.sort_by("__g0")
+    own = shard.run(plan.bound_partial_sql, timeout=30).table.sort_by("__g0")
+    assert same == own
+    shard.close()
