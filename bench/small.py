@@ -334,6 +334,11 @@ def run_stages(directory: Path, count: int, resources: NodeResources | None) -> 
     memory = resources.department_memory if resources else "512MB"
     lockdown = Lockdown(threads=threads, memory_limit=memory)
     shards = {d: Shard(directory / "shards" / f"{d}.duckdb", lockdown) for d in DEPARTMENTS}
+    units = {name: info.privacy_unit for name, info in catalog.items()}
+    masked = {
+        d: shard.verify_unit_masks({t: u for t, u in units.items() if t in shard.tables()})
+        for d, shard in shards.items()
+    }
     engine = DuckDBMergeEngine(lockdown)
     times: dict[str, list[float]] = {}
 
@@ -372,7 +377,8 @@ def run_stages(directory: Path, count: int, resources: NodeResources | None) -> 
             t = clock("plan (first sight; enclaves and aggregator cache it)", t)
             payloads = {}
             for d, shard in shards.items():
-                partial = shard.run(plan.partial_sql, timeout=30)
+                # The partial the enclave runs: bounded by the unit masks at k = 5.
+                partial = shard.run(plan.partial_sql_for(k=5, masked=masked[d]), timeout=30)
                 t = clock(f"partial on the shard ({d})", t)
                 payloads[d] = _ipc(partial.table)
                 t = clock(f"Arrow IPC of the partial ({d})", t)

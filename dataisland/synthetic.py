@@ -25,6 +25,7 @@ from types import MappingProxyType
 import duckdb
 
 from dataisland.errors import ConfigError, InvalidInputError
+from dataisland.unitmasks import add_unit_masks
 
 CLAIMS_COLUMNS: Mapping[str, str] = MappingProxyType(
     {
@@ -53,6 +54,9 @@ WATER_COLUMNS: Mapping[str, str] = MappingProxyType(
     }
 )
 """The schema of the ``water_readings`` logical table (privacy unit: ``station_id``)."""
+
+UNITS: Mapping[str, str] = MappingProxyType({"claims": "person_id", "water_readings": "station_id"})
+"""The privacy unit column of each table this module fills."""
 
 CATEGORIES = ("outpatient", "pharmacy", "inpatient", "dental", "rehabilitation", "maternity")
 """Claim categories, most frequent first."""
@@ -239,8 +243,12 @@ def populate_shard(
     downstream: bool = False,
     water_stations: int = DEFAULT_WATER_STATIONS,
     water_days: int = DEFAULT_WATER_DAYS,
+    unit_masks: bool = True,
 ) -> dict[str, int]:
     """Append synthetic data for `department` to the named tables of the shard at `path`.
+
+    Then recomputes the filled tables' privacy-unit masks (dataisland/unitmasks.py), as
+    `dataisland shard load` does, unless `unit_masks` is False (their partials count exactly).
 
     Args:
         path: the department's DuckDB file; each named table must already exist there.
@@ -294,6 +302,8 @@ def populate_shard(
                 before = _count(con, table)
                 con.execute(f'INSERT INTO "{table}" BY NAME {sql}')
                 counts[table] = _count(con, table) - before
+                if unit_masks:
+                    add_unit_masks(con, table, UNITS[table])
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

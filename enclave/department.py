@@ -178,6 +178,11 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
         self.query_timeout = query_timeout
         self.versions = dict(versions)
         check_shard_schema(department, catalog, shard.tables())
+        # Tables whose partials may bound units by their masks (verified here, not trusted).
+        self.masked = shard.verify_unit_masks(
+            {n: i.privacy_unit for n, i in catalog.items() if department in i.holders}
+        )
+        self.dense = shard.dense_columns(self.masked)
 
     @guarded
     def DescribeShard(
@@ -425,7 +430,8 @@ class DepartmentEnclave(enclave_pb2_grpc.EnclaveServiceServicer):
         plan = self.plans.plan(parsed)
         remaining = context.time_remaining()
         timeout = self.query_timeout if remaining is None else min(self.query_timeout, remaining)
-        partial = self.shard.run(plan.partial_sql, timeout=timeout)
+        sql = plan.partial_sql_for(k=judged.k, masked=self.masked, dense=self.dense)
+        partial = self.shard.run(sql, timeout=timeout)
         digest = query_hash(logged_sql(checked, parsed)).hex()
         ciphertext = seal(
             arrow_to_ipc(partial.table),

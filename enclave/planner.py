@@ -12,7 +12,10 @@ departments into the answer one database holding all the rows would give (the me
 Each partial also carries, per group, the number of distinct privacy units (`__units`) and,
 per aggregate cell that does not simply count the group's rows, the distinct units whose values
 enter that cell (`__units_<j>`: those passing its FILTER and with a non-NULL argument, so a CASE
-that keeps one person's value is counted as one unit). `merge_partials` checks that every
+that keeps one person's value is counted as one unit). The plan has two partials: the exact one
+(ADR 0010) and one that bounds every unit count from below by the shard's per-row unit masks
+(ADR 0016: at most the distinct units, 0 only for no rows), as cheap as the plain query; a
+department picks with `FederatedPlan.partial_sql_for`. `merge_partials` checks that every
 expected department answered, stacks the partials with Arrow and runs the merge through an
 engine it is given.
 
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -47,6 +50,7 @@ from dataisland.errors import (
     UnknownTableError,
     UnsupportedQueryError,
 )
+from dataisland.unitmasks import MASK_COLUMNS, bound_reaches
 from enclave.engine import EngineResult, MergeEngine
 from policies.sqlfront import (
     DIALECT,
@@ -101,7 +105,8 @@ class FederatedPlan:
         partial_sql: runs on each department's shard, where each logical table exists under
             its logical name.
         merge_sql: runs over `partials`, the union of all departments' partial results with
-            an added `__department VARCHAR` column.
+            an added `__department VARCHAR` column; its last two columns repeat, on every
+            released row, what `suppression_sql` counts (`SUPPRESSION_COLUMNS`).
         departments: the departments that must each send exactly one partial.
         output_names: the merge's output column names, as DuckDB names them for the
             canonical query.
@@ -110,7 +115,11 @@ class FederatedPlan:
         partial_columns: every partial column, in order (`merge_partials` checks them).
         group_columns: the partial columns holding the GROUP BY keys (`__g0`, ...).
         suppression_sql: counts, over the same inputs as the merge, the groups dropped and the
-            cells nulled by the release rules (before HAVING), as `rows` and `cells`.
+            cells nulled by the release rules (before HAVING), as `SUPPRESSION_COLUMNS`
+            (run on its own only when the merge releases no row).
+        bound_partial_sql: the partial with unit counts bounded from below by the shard's
+            unit masks (ADR 0016); `partial_sql_for` picks one.
+        unit_table: the logical table whose privacy units the partial counts.
     """
 
     partial_sql: str
@@ -121,6 +130,27 @@ class FederatedPlan:
     unit_columns: tuple[str, ...]
     partial_columns: tuple[str, ...]
     group_columns: tuple[str, ...]
+    bound_partial_sql: str = ""
+    unit_table: str = ""
+    bound_dense_partial_sql: str = ""
+    dense_columns: frozenset[str] = frozenset()
+
+    def partial_sql_for(
+        self, *, k: int, masked: Collection[str], dense: Collection[tuple[str, str]] = ()
+    ) -> str:
+        """The partial a department with threshold `k` runs, given its tables with verified
+        unit masks and its (table, column) pairs that hold no NULL: the lower-bound form where
+        the masks exist and the bound reaches k reliably enough
+        (`dataisland.unitmasks.bound_reaches`), the exact form otherwise. Where every column in
+        `dense_columns` holds no NULL, the bound form that gives cells over those columns their
+        group's bound (the same rows, so the same units) instead of masks of their own."""
+        if not (self.bound_partial_sql and self.unit_table in masked and bound_reaches(k)):
+            return self.partial_sql
+        if self.bound_dense_partial_sql and all(
+            (self.unit_table, column) in dense for column in self.dense_columns
+        ):
+            return self.bound_dense_partial_sql
+        return self.bound_partial_sql
 
 
 @dataclass
@@ -183,6 +213,7 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
     aggregates: dict[str, _Aggregate] = {}
     cells: dict[str, str] = {}  # aggregate key -> its unit column, when not the group's
     conditions: dict[str, str] = {}  # cell condition SQL -> its unit column
+    dense: dict[str, str] = {}  # cell condition that is only "column IS NOT NULL" -> column
     for node in _aggregate_nodes(tree):
         agg_key = expression_key(node, single)
         if agg_key in aggregates:
@@ -192,6 +223,9 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
         if condition is not None:
             column = conditions.setdefault(condition, f"{UNITS_COLUMN}_{len(conditions)}")
             cells[agg_key] = column
+            argument = _plain_argument(node)
+            if single is not None and argument is not None:
+                dense[condition] = argument
 
     # --- partial -------------------------------------------------------------------------
     partial_columns = [
@@ -204,14 +238,23 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
     from_sql = _from_sql(tree)
     key_sql = [k.sql(dialect=DIALECT) for k in keys]
     key_items = [f"{sql} AS {column}" for sql, column in zip(key_sql, group_columns, strict=True)]
-    if all(agg.combine for agg in aggregates.values()):
-        partial_sql = _partial_by_unit(
-            key_items, key_sql, list(aggregates.values()), conditions, unit_sql, from_sql
-        )
+    pieces = list(aggregates.values())
+
+    def one_step(units: Callable[[str | None], str]) -> str:
+        return _partial_one_step(key_items, key_sql, pieces, conditions, units, from_sql)
+
+    if all(agg.combine for agg in pieces):
+        partial_sql = _partial_by_unit(key_items, key_sql, pieces, conditions, unit_sql, from_sql)
     else:
-        partial_sql = _partial_with_distinct(
-            key_items, key_sql, list(aggregates.values()), conditions, unit_sql, from_sql
-        )
+        partial_sql = one_step(lambda condition: _units(unit_sql, condition))
+    masks = [exp.column(m, table=from_ref).sql(dialect=DIALECT) for m in MASK_COLUMNS]
+    bound_partial_sql = one_step(lambda condition: _bounded_units(masks, condition))
+    # Where the shard holds no NULL in such a column, the cell's rows are the group's rows.
+    bound_dense_partial_sql = (
+        one_step(lambda condition: _bounded_units(masks, None if condition in dense else condition))
+        if dense
+        else ""
+    )
 
     # --- merge ---------------------------------------------------------------------------
     def rewrite(node: exp.Expr) -> exp.Expr:
@@ -260,9 +303,16 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
     if window_items:
         extra = ", ".join(f"{sql} AS {column}" for column, sql in window_items)
         source = f"(SELECT *, {extra} FROM {PARTIALS_RELATION}) AS {PARTIALS_RELATION}"
-    merge_sql = f"SELECT {', '.join(outputs)} FROM {source}"
-    if keys:
-        merge_sql += " GROUP BY " + ", ".join(group_columns)
+    # What the release rules withhold rides along in two trailing columns of every released
+    # row (a one-row cross join), so a merge is one statement; only a merge that releases no
+    # row runs the suppression count on its own.
+    suppression_sql = _suppression_sql(unit_columns, group_columns)
+    counted = [f"{_COUNTS}.{column}" for column in SUPPRESSION_COLUMNS]
+    merge_sql = (
+        f"SELECT {', '.join(outputs)}, {', '.join(counted)} FROM {source} "
+        f"CROSS JOIN ({suppression_sql}) AS {_COUNTS} GROUP BY "
+        + ", ".join([*group_columns, *counted])
+    )
     # The release rule for the whole row comes first; a global aggregate with no unit fails it
     # too (its max is NULL), so it gives no row.
     having_terms = [_passes(UNITS_COLUMN)]
@@ -297,12 +347,16 @@ def plan_query(parsed: ParsedQuery, catalog: Catalog) -> FederatedPlan:
     return FederatedPlan(
         partial_sql=partial_sql,
         merge_sql=merge_sql,
-        suppression_sql=_suppression_sql(unit_columns, group_columns),
+        suppression_sql=suppression_sql,
         departments=departments,
         output_names=parsed.output_names,
         unit_columns=tuple(unit_columns),
         partial_columns=tuple(partial_columns),
         group_columns=group_columns,
+        bound_partial_sql=bound_partial_sql,
+        unit_table=refs[from_ref],
+        bound_dense_partial_sql=bound_dense_partial_sql,
+        dense_columns=frozenset(dense.values()),
     )
 
 
@@ -350,6 +404,19 @@ def _cell_condition(node: exp.Expr) -> str | None:
     if arg is not None and not isinstance(arg, exp.Star):
         terms.append(f"({arg.sql(dialect=DIALECT)}) IS NOT NULL")
     return " AND ".join(terms) if terms else None
+
+
+def _plain_argument(node: exp.Expr) -> str | None:
+    """The column an aggregate without FILTER takes as its argument, if it is just a column
+    (then its cell's rows are the group's rows wherever that column holds no NULL)."""
+    if isinstance(node, exp.Filter):
+        return None
+    arg = node.this
+    if isinstance(arg, exp.Paren):
+        arg = arg.this
+    if isinstance(arg, exp.Column) and not isinstance(arg.this, exp.Star):
+        return str(arg.name).lower()
+    return None
 
 
 def _units(unit_sql: str, condition: str | None = None) -> str:
@@ -403,21 +470,36 @@ def _partial_by_unit(
     return sql
 
 
-def _partial_with_distinct(
+def _bounded_units(masks: list[str], condition: str | None = None) -> str:
+    """A proven lower bound of the distinct units of a group's (or cell's) rows.
+
+    Each mask column holds one bit per row chosen by its unit's keyed hash, so the OR over rows
+    has at most one bit per distinct unit: its popcount never exceeds the units, and neither
+    does the largest popcount of the masks. No row gives 0; a NULL unit sets bits like any
+    unit, so rows without a unit count as one, as `_units` counts them (ADR 0016).
+    """
+    where = f" FILTER (WHERE {condition})" if condition else ""
+    counts = ", ".join(f"bit_count(bit_or({m}){where})" for m in masks)
+    return f"CAST(COALESCE(greatest({counts}), 0) AS BIGINT)"
+
+
+def _partial_one_step(
     key_items: list[str],
     key_sql: list[str],
     aggregates: list[_Aggregate],
     conditions: Mapping[str, str],
-    unit_sql: str,
+    units: Callable[[str | None], str],
     from_sql: str,
 ) -> str:
-    """The partial in one step, units by `count(DISTINCT ...)` (for pieces that do not
-    re-combine across units)."""
+    """The partial in one step, with `units(condition)` counting (or bounding) the units of the
+    group (condition None) and of each cell: by `count(DISTINCT ...)` for pieces that do not
+    re-combine across units, or by `_bounded_units`, as cheap as the plain query plus one
+    bit-OR per mask, group and cell."""
     items = list(key_items)
     for agg in aggregates:
         items.extend(f"{sql} AS {column}" for column, sql in agg.pieces)
-    items.append(f"{_units(unit_sql)} AS {UNITS_COLUMN}")
-    items.extend(f"{_units(unit_sql, c)} AS {column}" for c, column in conditions.items())
+    items.append(f"{units(None)} AS {UNITS_COLUMN}")
+    items.extend(f"{units(c)} AS {column}" for c, column in conditions.items())
     sql = f"SELECT {', '.join(items)} FROM {from_sql}"
     if key_sql:
         sql += " GROUP BY " + ", ".join(key_sql)
@@ -436,6 +518,11 @@ def _passes(unit_column: str) -> str:
     )
 
 
+SUPPRESSION_COLUMNS = ("__suppressed_rows", "__suppressed_cells")
+"""The merge's two trailing columns: groups dropped and cells nulled by the release rules."""
+_COUNTS = "__suppressed"
+
+
 def _suppression_sql(unit_columns: list[str], group_columns: tuple[str, ...]) -> str:
     groups = f" GROUP BY {', '.join(group_columns)}" if group_columns else ""
     flags = ", ".join(f"{_passes(u)} AS ok{j}" for j, u in enumerate(unit_columns))
@@ -443,7 +530,8 @@ def _suppression_sql(unit_columns: list[str], group_columns: tuple[str, ...]) ->
         f"count(*) FILTER (WHERE ok0 AND NOT ok{j})" for j in range(1, len(unit_columns))
     )
     return (
-        f"SELECT count(*) FILTER (WHERE NOT ok0) AS rows, CAST({cells or '0'} AS BIGINT) AS cells "
+        f"SELECT count(*) FILTER (WHERE NOT ok0) AS {SUPPRESSION_COLUMNS[0]}, "
+        f"CAST({cells or '0'} AS BIGINT) AS {SUPPRESSION_COLUMNS[1]} "
         f"FROM (SELECT {flags} FROM {PARTIALS_RELATION}{groups})"
     )
 
@@ -652,9 +740,16 @@ def merge_partials(
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         raise SchemaMismatchError("the departments' partials have different column types") from None
     tables = {PARTIALS_RELATION: union}
-    counts = engine.run(plan.suppression_sql, tables).table.to_pylist()[0]
+    merged = engine.run(plan.merge_sql, tables)
+    released = len(merged.types) - len(SUPPRESSION_COLUMNS)
+    table = merged.table
+    counts = table.slice(0, 1).select(list(range(released, table.num_columns))).to_pylist()
+    if not counts:
+        counts = engine.run(plan.suppression_sql, tables).table.to_pylist()
     return MergeOutcome(
-        result=engine.run(plan.merge_sql, tables),
-        suppressed_rows=int(counts["rows"] or 0),
-        suppressed_cells=int(counts["cells"] or 0),
+        result=EngineResult(
+            table=table.select(list(range(released))), types=merged.types[:released]
+        ),
+        suppressed_rows=int(counts[0][SUPPRESSION_COLUMNS[0]] or 0),
+        suppressed_cells=int(counts[0][SUPPRESSION_COLUMNS[1]] or 0),
     )

@@ -71,7 +71,8 @@ def unpad(padded: bytes) -> bytes:
         raise InvalidInputError("a sealed partial's plaintext is not a padding bucket")
     length = int.from_bytes(padded[:LENGTH_BYTES], "big")
     end = LENGTH_BYTES + length
-    if end > len(padded) or any(padded[end:]):
+    # count() runs in C; any() over a padded partial of megabytes took a Python step per byte.
+    if end > len(padded) or padded.count(0, end) != len(padded) - end:
         raise InvalidInputError("a sealed partial's padding is malformed")
     return padded[LENGTH_BYTES:end]
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import duckdb
 
 from dataisland.errors import ExecutionError, QueryDeadlineError
-from enclave.engine import EngineResult, Lockdown, open_locked
+from dataisland.unitmasks import is_reserved, verify_unit_masks
+from enclave.engine import EngineResult, Lockdown, execute_arrow, open_locked
 
 log = logging.getLogger("dataisland.enclave.shard")
 
@@ -33,15 +35,42 @@ class Shard:
         self._con = open_locked(path, lockdown)
 
     def tables(self) -> dict[str, dict[str, str]]:
-        """Table name to {column: DuckDB type}, in column order."""
+        """Table name to {column: DuckDB type}, in column order, without dataisland's own
+        columns and tables (the unit masks: dataisland/unitmasks.py)."""
         rows = self._con.execute(
             "SELECT table_name, column_name, data_type FROM duckdb_columns() "
             "WHERE schema_name = 'main' AND NOT internal ORDER BY table_name, column_index"
         ).fetchall()
         out: dict[str, dict[str, str]] = {}
         for table, column, type_name in rows:
-            out.setdefault(str(table), {})[str(column)] = str(type_name)
+            if not is_reserved(str(table)) and not is_reserved(str(column)):
+                out.setdefault(str(table), {})[str(column)] = str(type_name)
         return out
+
+    def verify_unit_masks(self, units: Mapping[str, str]) -> frozenset[str]:
+        """The tables (of `units`: table to privacy unit column) whose unit masks every row
+        bears out, recomputed here from the units; the others' partials count exactly.
+
+        Raises:
+            SchemaMismatchError: a table's masks disagree with its units (refuse to serve).
+        """
+        return frozenset(t for t, unit in units.items() if verify_unit_masks(self._con, t, unit))
+
+    def dense_columns(self, tables: Collection[str]) -> frozenset[tuple[str, str]]:
+        """The (table, column) pairs of `tables` with no NULL in any row: a partial may give a
+        cell over such a column its group's unit bound (the same rows). The shard is
+        read-only, so what this finds at start stays true.
+        """
+        found: set[tuple[str, str]] = set()
+        for table, columns in self.tables().items():
+            if table not in tables or not columns:
+                continue
+            names = list(columns)
+            quoted = ['"' + c.replace('"', '""') + '"' for c in [table, *names]]
+            counts = ", ".join(f"count(*) - count({c})" for c in quoted[1:])
+            nulls = self._con.execute(f"SELECT {counts} FROM {quoted[0]}").fetchall()[0]
+            found.update((table, c) for c, n in zip(names, nulls, strict=True) if n == 0)
+        return frozenset(found)
 
     def run(self, sql: str, *, timeout: float) -> EngineResult:
         """Run `sql` on a fresh cursor, interrupted after `timeout` seconds.
@@ -64,9 +93,7 @@ class Shard:
         watchdog.daemon = True
         watchdog.start()
         try:
-            relation = cursor.sql(sql)
-            types = tuple(str(t) for t in relation.types)
-            table = relation.to_arrow_table()
+            result = execute_arrow(cursor, sql)
         except duckdb.InterruptException:
             raise QueryDeadlineError(
                 f"the partial ran past its deadline of {timeout:.1f}s"
@@ -84,7 +111,7 @@ class Shard:
         finally:
             watchdog.cancel()
             cursor.close()
-        return EngineResult(table=table, types=types)
+        return result
 
     def close(self) -> None:
         """Close the connection."""

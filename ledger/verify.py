@@ -101,6 +101,7 @@ def verify_export(
     quorum: int,
     parse_entries: bool,
     check_entry: Callable[[int, bytes], None] | None = None,
+    flush_checks: Callable[[], None] | None = None,
 ) -> ExportReport:
     """Verify an export directory completely, offline.
 
@@ -114,6 +115,9 @@ def verify_export(
             in log order (ledger/signatures.py checks signatures this way); it raises
             VerificationError to fail the export. It parses the entry itself, so
             `parse_entries` is not applied when it is given.
+        flush_checks: called before any failure this function finds among the entries and
+            after the last entry, so a `check_entry` that queues work (SignatureChecker with a
+            batch) raises its own failures first when their index is lower.
 
     Returns:
         What was verified.
@@ -162,6 +166,11 @@ def verify_export(
             )
         raise VerificationError("the exported checkpoint is not the latest recorded one")
 
+    def flushed(error: VerificationError) -> VerificationError:
+        if flush_checks is not None:
+            flush_checks()
+        return error
+
     # 2. Entries against level-0 tiles, and bundle shapes.
     tree = MerkleTree()
     for bundle_index, width in bundles_for_size(size):
@@ -172,10 +181,12 @@ def verify_export(
             index = first + i
             leaf = hash_leaf(data)
             if leaf != level0[i * 32 : i * 32 + 32]:
-                raise VerificationError(
-                    "the entry does not hash to its level-0 tile hash "
-                    "(altered, dropped, reordered or inserted)",
-                    index=index,
+                raise flushed(
+                    VerificationError(
+                        "the entry does not hash to its level-0 tile hash "
+                        "(altered, dropped, reordered or inserted)",
+                        index=index,
+                    )
                 )
             if check_entry is not None:
                 check_entry(index, data)
@@ -186,7 +197,9 @@ def verify_export(
                     raise VerificationError(f"not a valid entry: {e}", index=index) from None
             tree.append(leaf)
         if problem is not None:
-            raise problem
+            raise flushed(problem)
+    if flush_checks is not None:
+        flush_checks()
 
     # 3. Every tile against the rebuilt tree; then every checkpoint root.
     for level, index, width in tiles_for_size(size):

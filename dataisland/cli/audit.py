@@ -299,6 +299,10 @@ def export_command(directory: Path, identity: str | None, out: Path) -> None:
     )
 
 
+SIGNATURE_BATCH = 1024
+"""Signature checks `audit verify --federation` lets wait and runs together."""
+
+
 @audit_group.command("verify")
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--quorum", type=click.IntRange(1), default=None, help="Default: the federation's.")
@@ -320,7 +324,10 @@ def verify_command(out: Path, quorum: int | None, directory: Path | None) -> Non
             log_key, witnesses = federation_keys(federation)
             trusted = [log_key.to_vkey(), *(w.to_vkey() for w in witnesses)]
             quorum = quorum or federation.log.quorum
-            signatures = SignatureChecker(TrustAnchors.from_federation(federation))
+            # Checks run in batches: faster, and the first bad index is still the one named.
+            signatures = SignatureChecker(
+                TrustAnchors.from_federation(federation), batch=SIGNATURE_BATCH
+            )
         if quorum is None:
             keys_file = out / "keys"
             keys = keys_file.read_text(encoding="utf-8").split() if keys_file.is_file() else []
@@ -332,6 +339,7 @@ def verify_command(out: Path, quorum: int | None, directory: Path | None) -> Non
             quorum=quorum,
             parse_entries=True,
             check_entry=signatures.check if signatures else None,
+            flush_checks=signatures.flush if signatures else None,
         )
     except VerificationError as exc:
         where = f"index {exc.index}" if exc.index is not None else "export"

@@ -65,6 +65,7 @@ from dataisland.federation import (
 )
 from dataisland.supervisor import FEDERATION_FILE, LOGS_DIR, NODES_DIR, FederationProcesses
 from dataisland.synthetic import CLAIMS_COLUMNS, WATER_COLUMNS, populate_shard
+from dataisland.unitmasks import add_unit_masks, is_reserved
 from enclave.attestation import (
     SIGNER,
     SVN,
@@ -575,7 +576,7 @@ def _check_shard_table(
     ).fetchall()
     if not exists[0][0]:
         raise SchemaMismatchError(f"shard {shard} has no table {table!r}")
-    actual = _describe(con, f'"{table}"')
+    actual = [(c, t) for c, t in _describe(con, f'"{table}"') if not is_reserved(c)]
     expected = list(columns.items())
     if actual != expected:
         differences = [
@@ -680,11 +681,13 @@ def load_shard_file(
             try:
                 for batch in reader:
                     target.register("incoming_batch", batch)
-                    target.execute(f'INSERT INTO "{table}" SELECT * FROM incoming_batch')
+                    target.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM incoming_batch')
                     target.unregister("incoming_batch")
                     loaded += batch.num_rows
                     if on_batch is not None:
                         on_batch(batch.num_rows)
+                # Every row's unit masks, so partials can bound units as cheaply as a SUM.
+                add_unit_masks(target, table, entry.privacy_unit)
                 target.execute("COMMIT")
             except BaseException:
                 target.execute("ROLLBACK")

@@ -269,3 +269,35 @@ def test_evidence_that_fails_its_reference_fails_the_log(vendor: Path) -> None:
         checker.check(7, department)
     assert info.value.index == 7
     assert "evidence of qingpu does not verify" in str(info.value)
+
+
+def test_batched_checks_still_name_the_first_bad_index(vendor: Path, anchors: TrustAnchors) -> None:
+    """With a batch, a bad signature waits, but is raised before a later entry's failure, and
+    at the latest by flush()."""
+    department, department_keys = _attest(vendor, "qingpu", "department")
+    aggregator, aggregator_keys = _attest(vendor, "committee", "aggregator")
+    good = _released(department_keys, aggregator_keys).to_bytes()
+    bad = _released(department_keys, aggregator_keys, k=2).to_bytes()
+    report = _report(department_keys)
+    checker = SignatureChecker(anchors, batch=100)
+    for index, data in enumerate([department, aggregator, report, good, bad]):
+        checker.check(index, data)  # nothing verified yet
+    with pytest.raises(VerificationError) as info:
+        checker.check(5, b"not an entry")
+    assert info.value.index == 4
+    assert "the partial of qingpu does not verify" in str(info.value)
+
+    waiting = SignatureChecker(anchors, batch=100)
+    for index, data in enumerate([department, aggregator, report, bad, good]):
+        waiting.check(index, data)
+    with pytest.raises(VerificationError) as info:
+        waiting.flush()
+    assert info.value.index == 3
+
+    full = SignatureChecker(anchors, batch=3)  # the batch fills at the bad entry's two checks
+    for index, data in enumerate([department, aggregator, report]):
+        full.check(index, data)
+    with pytest.raises(VerificationError) as info:
+        full.check(3, bad)
+    assert info.value.index == 3
+    assert (full.partials, full.results) == (1, 1)

@@ -10,6 +10,7 @@ import struct
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +26,7 @@ from dataisland.canonical import (
     decode_value,
     encode_params,
     encode_value,
+    parse_canonical_json,
 )
 from dataisland.canonical.values import (
     INTEGER_RANGES,
@@ -269,3 +271,37 @@ def test_check_value_raises_only_project_errors(type_name: str, text: str | None
     with contextlib.suppress(DataislandError):
         check_value(type_name, text)
         decode_value(type_name, text)
+
+
+_JSON_TEXT = st.text(
+    alphabet=st.one_of(
+        st.characters(max_codepoint=0x7F),  # ASCII, controls and DEL included
+        st.characters(min_codepoint=0x80, exclude_categories=["Cs"]),  # up to astral planes
+    ),
+    max_size=12,
+)
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53 - 1), 2**53 - 1) | _JSON_TEXT,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.one_of(_JSON_TEXT, st.sampled_from(["a", "B", "\ufb01", "😀"])), inner)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=600)
+@given(value=_JSON_VALUES)
+def test_canonical_json_equals_the_reference_rfc8785(value: Any) -> None:
+    """The fast path (the standard library's encoder) writes the reference implementation's
+    bytes for every value; keys outside ASCII take the reference path."""
+    import rfc8785
+
+    assert canonical_json(value) == rfc8785.dumps(value)
+    assert parse_canonical_json(canonical_json(value)) == json.loads(rfc8785.dumps(value))
+
+
+def test_canonical_json_refuses_lone_surrogates() -> None:
+    for value in ({"a": "\ud800"}, ["\udfff"], {"\ud800": 1}):
+        with pytest.raises(DataislandError):
+            canonical_json(value)

@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dataisland.catalog import TableInfo
-from enclave.engine import DuckDBMergeEngine, Lockdown, run_partial
-from enclave.planner import merge_partials, plan_query
+from dataisland.unitmasks import add_unit_masks
+from enclave.engine import DuckDBMergeEngine, EngineResult, Lockdown
+from enclave.planner import FederatedPlan, merge_partials, plan_query
 from policies.sqlfront import parse_query
 
 COLUMNS = {
@@ -126,13 +127,31 @@ def _table(data: list[tuple[Any, ...]]) -> pa.Table:
     )
 
 
-def _connection(table: pa.Table) -> duckdb.DuckDBPyConnection:
+def _connection(table: pa.Table, *, masks: bool = False) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone='UTC'")
     con.register("__load", table)
     con.execute("CREATE TABLE claims AS SELECT * FROM __load")
     con.unregister("__load")
+    if masks:
+        add_unit_masks(con, "claims", "pid")
     return con
+
+
+def _partial(plan: FederatedPlan, table: pa.Table, *, k: int, masks: bool) -> EngineResult:
+    """A department's partial: the bound form on a shard with unit masks (giving cells over a
+    column without NULLs their group's bound where this shard has none), else the exact one."""
+    con = _connection(table, masks=masks)
+    nulls = con.execute(
+        "SELECT " + ", ".join(f"count(*) - count({c})" for c in COLUMNS) + " FROM claims"
+    ).fetchall()[0]
+    dense = {("claims", c) for c, n in zip(COLUMNS, nulls, strict=True) if n == 0}
+    sql = plan.partial_sql_for(k=k, masked={"claims"} if masks else set(), dense=dense)
+    assert (sql in (plan.bound_partial_sql, plan.bound_dense_partial_sql)) == masks
+    relation = con.sql(sql)
+    result = EngineResult(relation.to_arrow_table(), tuple(str(t) for t in relation.types))
+    con.close()
+    return result
 
 
 def _released_count(text: str) -> str:
@@ -220,21 +239,27 @@ def _close(got: Any, want: Any, kind: str, bound: tuple[float, float]) -> bool:
 
 
 @settings(max_examples=90, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(shards=st.tuples(shard, shard, shard), query=queries())
+@given(
+    shards=st.tuples(shard, shard, shard),
+    query=queries(),
+    masked=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+)
 def test_federated_answer_equals_duckdb_over_the_union(
     shards: tuple[list[Any], list[Any], list[Any]],
     query: tuple[str, str, list[tuple[str, str | None]], bool],
+    masked: tuple[bool, bool, bool],
 ) -> None:
+    """At k = 1 the lower bound is exact for release (it is 0 only for no rows), so any mix of
+    departments counting exactly and by their unit masks gives the union's answer."""
     sql, reference, specs, ordered = query
     tables = [_table(s) for s in shards]
     union = _connection(pa.concat_tables(tables))
     parsed = parse_query(sql, catalog=CATALOG)
     plan = plan_query(parsed, CATALOG)
-    partials = {}
-    for department, table in zip(DEPARTMENTS, tables, strict=True):
-        con = _connection(table)
-        partials[department] = run_partial(plan, con).table
-        con.close()
+    partials = {
+        department: _partial(plan, table, k=1, masks=masks).table
+        for department, table, masks in zip(DEPARTMENTS, tables, masked, strict=True)
+    }
     got = merge_partials(
         plan,
         partials,
@@ -277,10 +302,10 @@ def test_global_aggregate_over_empty_shards_is_suppressed_with_duckdbs_types() -
     empty = _table([])
     sql = "SELECT count(*), sum(n), avg(x), variance(x), min(d) FROM claims"
     plan = plan_query(parse_query(sql, catalog=CATALOG), CATALOG)
-    partials = {}
-    for department in DEPARTMENTS:
-        con = _connection(empty)
-        partials[department] = run_partial(plan, con).table
+    partials = {
+        department: _partial(plan, empty, k=1, masks=department == "qingpu").table
+        for department in DEPARTMENTS
+    }
     outcome = merge_partials(
         plan,
         partials,
@@ -312,7 +337,7 @@ def test_variance_merge_includes_the_between_shard_term() -> None:
     plan = plan_query(parse_query(sql, catalog=CATALOG), CATALOG)
     partials = {}
     for department, rows_ in zip(DEPARTMENTS, shards, strict=True):
-        partials[department] = run_partial(plan, _connection(_table(rows_))).table
+        partials[department] = _partial(plan, _table(rows_), k=1, masks=False).table
     got = merge_partials(
         plan,
         partials,
@@ -322,3 +347,68 @@ def test_variance_merge_includes_the_between_shard_term() -> None:
     assert abs(got["variance(x)"] - 77.58333333333333) < 1e-9
     assert abs(got["stddev_pop(amt)"] ** 2 - 58.1875) < 1e-9
     assert abs(got["var_pop(n)"] - 58.1875) < 1e-9
+
+
+_KS = st.integers(1, 7)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shards=st.tuples(shard, shard, shard),
+    query=queries(),
+    ks=st.tuples(_KS, _KS, _KS),
+    masked=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+)
+def test_the_lower_bound_releases_a_subset_of_the_exact_rule(
+    shards: tuple[list[Any], list[Any], list[Any]],
+    query: tuple[str, str, list[tuple[str, str | None]], bool],
+    ks: tuple[int, int, int],
+    masked: tuple[bool, bool, bool],
+) -> None:
+    """With any k and any mix of counting forms, every unit column is a lower bound that is 0
+    exactly where the exact count is, and every released row and cell is one the exact rule
+    releases, with the same value: the bound errs only towards suppression."""
+    sql = re.sub(r" LIMIT \d+$", "", query[0])  # LIMIT picks other rows once rows drop out
+    tables = [_table(s) for s in shards]
+    plan = plan_query(parse_query(sql, catalog=CATALOG), CATALOG)
+    k = dict(zip(DEPARTMENTS, ks, strict=True))
+    exact, bound = {}, {}
+
+    def by_key(t: pa.Table) -> dict[str, tuple[Any, ...]]:
+        return {
+            repr([r[g] for g in plan.group_columns]): tuple(r[c] for c in plan.unit_columns)
+            for r in t.to_pylist()
+        }
+
+    for department, table, masks in zip(DEPARTMENTS, tables, masked, strict=True):
+        exact[department] = _partial(plan, table, k=k[department], masks=False).table
+        bound[department] = _partial(plan, table, k=k[department], masks=masks).table
+        want, got = by_key(exact[department]), by_key(bound[department])
+        assert want.keys() == got.keys()
+        for key, units in want.items():
+            for w, g in zip(units, got[key], strict=True):
+                assert 0 <= g <= w, (sql, key, units, got[key])
+                assert (g == 0) == (w == 0), (sql, key, units, got[key])
+    engine = DuckDBMergeEngine(Lockdown(threads=2, memory_limit="2GB"))
+    released = merge_partials(plan, exact, engine, k=k).result.table
+    lower = merge_partials(plan, bound, engine, k=k).result.table
+    specs = query[2]
+    keys = [i for i, (kind, _) in enumerate(specs) if kind == "key"]
+    union = _connection(pa.concat_tables(tables))
+    bounds = {i: _bounds(union, b, "") for i, (_, b) in enumerate(specs) if b is not None}
+    union.close()
+
+    def rows(t: pa.Table) -> dict[str, tuple[Any, ...]]:
+        out = list(zip(*(c.to_pylist() for c in t.columns), strict=True))
+        return {repr([row[i] for i in keys]): row for row in out}
+
+    exact_rows = rows(released)
+    for key, row in rows(lower).items():
+        assert key in exact_rows, (sql, k, row)
+        for i, (kind, _) in enumerate(specs):
+            if row[i] is not None:  # a cell the bound withheld is NULL; any other agrees
+                assert _close(row[i], exact_rows[key][i], kind, bounds.get(i, (0.0, 0.0))), (
+                    sql,
+                    row,
+                    exact_rows[key],
+                )
