@@ -74,6 +74,11 @@ class Replica:
         with self._lock:
             return dict(self._reports)
 
+    def includes(self, report_id: str, size: int) -> bool:
+        """Whether the replica's first `size` entries hold the report `report_id`."""
+        index = self.report_index(report_id)
+        return index is not None and index < size
+
     def report_index(self, report_id: str) -> int | None:
         """The index of the execution report `report_id`, if the replica holds it."""
         with self._lock:

@@ -44,9 +44,11 @@ coordinator nor the enclave.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import logging
+import os
 import signal
 import ssl
 import threading
@@ -82,6 +84,7 @@ from ledger.replica import Replica
 from ledger.storage import LogStorage
 from ledger.witness import (
     ExecutionRule,
+    PendingReport,
     WitnessState,
     add_checkpoint,
     load_state,
@@ -168,7 +171,8 @@ class WitnessService:
                 )
         else:
             state = WitnessState.initial(origin)
-        self._state = state
+        self.journal_path = state_path.with_name(state_path.name + ".reports")
+        self._state = _replay_journal(state, self.journal_path)
         self._quorum_note: bytes | None = None
         if self.quorum_path.exists():
             try:
@@ -204,7 +208,7 @@ class WitnessService:
             behind = replica is not None and replica.size < checkpoint.size
             rule = None
             if replica is not None and not behind and self.report_bound is not None:
-                rule = ExecutionRule(self.report_bound, replica.reports)
+                rule = ExecutionRule(self.report_bound, replica.includes)
             # tlog-witness's own checks come first (and the report rule once the replica can
             # answer it), so a fork or a bad proof gets the status the spec gives it.
             new_state, signature = add_checkpoint(
@@ -229,8 +233,9 @@ class WitnessService:
                         f"the checkpoint of size {checkpoint.size} is not the root of the entries "
                         "this witness holds: the log forked"
                     )
-            save_state(self.state_path, new_state)
+            save_state(self.state_path, new_state)  # it holds the reports still pending
             self._state = new_state
+            _clear_journal(self.journal_path)
         return signature.line().encode()
 
     def latest(self) -> bytes | None:
@@ -314,7 +319,9 @@ class WitnessService:
                 bound_seconds=self.report_bound,
             )
             if new_state is not self._state:
-                save_state(self.state_path, new_state)
+                # One appended line and one fdatasync, not a rewrite of the state (which
+                # costs two fsyncs and a rename): the report path is the query path.
+                _append_journal(self.journal_path, new_state.pending_reports[-1])
                 self._state = new_state
 
     def pending_reports(self) -> list[bytes]:
@@ -358,6 +365,59 @@ class WitnessService:
     def quorum_checkpoint(self) -> bytes | None:
         """The latest quorum-cosigned checkpoint published to this witness."""
         return self._quorum_note
+
+
+def _append_journal(path: Path, report: PendingReport) -> None:
+    """Append one pending report to the journal, durably.
+
+    Raises:
+        StorageError: it could not be written.
+    """
+    line = json.dumps(
+        {"received_at": report.received_at, "entry": base64.b64encode(report.entry).decode()}
+    )
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode() + b"\n")
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StorageError(f"cannot record the execution report in {path}: {exc.strerror}") from exc
+
+
+def _clear_journal(path: Path) -> None:
+    """Empty the journal once the state file holds every report still pending."""
+    try:
+        if path.exists() and path.stat().st_size:
+            write_atomically(path, b"")
+    except StorageError as exc:
+        log.warning("the report journal could not be cleared (it is replayed at start): %s", exc)
+
+
+def _replay_journal(state: WitnessState, path: Path) -> WitnessState:
+    """The state with the reports the journal holds (appended since the state was saved); a
+    line torn by a crash is ignored (its report was never acknowledged).
+
+    Raises:
+        StorageError: the journal exists but cannot be read.
+    """
+    try:
+        lines = path.read_bytes().splitlines() if path.exists() else []
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
+    for line in lines:
+        try:
+            obj = json.loads(line)
+            entry = base64.b64decode(obj["entry"], validate=True)
+            report = ExecutionReportEntry.from_bytes(entry)
+            state = record_execution_report(
+                state, report_id=report.report_id, received_at=int(obj["received_at"]), entry=entry
+            )
+        except (ValueError, KeyError, TypeError, LedgerError):
+            continue
+    return state
 
 
 def health_body(state: WitnessState) -> bytes:
