@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ledger.checkpoint import Checkpoint, add_signatures, cosign, sign_checkpoint
-from ledger.entries import FailureEntry, QueryEntry
+from ledger.entries import ExecutionReportEntry, FailureEntry, QueryEntry
 from ledger.merkle import MerkleTree, hash_leaf, verify_inclusion
 from ledger.note import SIG_TYPE_COSIGNATURE_V1, Ed25519Signer
 from ledger.signatures import SignatureChecker
@@ -313,6 +313,29 @@ def bench_signatures(n: int) -> dict[str, float]:
                 )
                 signature = keys[d].sign(statement)
                 checks.append((public[d], signature, statement))
+                # Its enclave's execution report comes first, as the coordinator logs it.
+                report = ExecutionReportEntry(
+                    version=1,
+                    kind="execution_report",
+                    report_id=f"{d}-{i:012d}",
+                    department=d,
+                    enclave=d,
+                    query_id=query_id,
+                    request_id=f"r-{i:012d}",
+                    requester="spiffe://bench/dept/qingpu/requester/analyst",
+                    query_hash=query_hash,
+                    envelope_digest="cd" * 32,
+                    partial_hash="e" * 64,
+                    policy_hash="f" * 64,
+                    policy_version=1,
+                    reported_at=when,
+                    signature="AA==",
+                )
+                report_signature = keys[d].sign(report.signed_bytes())
+                checks.append((public[d], report_signature, report.signed_bytes()))
+                entries.append(
+                    report.model_copy(update={"signature": b64(report_signature)}).to_bytes()
+                )
                 partials.append(
                     {
                         "department": d,
@@ -371,6 +394,7 @@ def bench_signatures(n: int) -> dict[str, float]:
         verified, verified_cpu = time.perf_counter() - start, time.process_time() - cpu
         assert checker.results == n
         assert checker.partials == 3 * n
+        assert checker.reports == 3 * n
         start, cpu = time.perf_counter(), time.process_time()
         for signer, signature, statement in checks:
             signer.verify(signature, statement)
