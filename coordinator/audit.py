@@ -103,6 +103,8 @@ CATCH_UP_ENTRIES = 1_000
 """Most entries pushed to a witness's replica in one request."""
 MAX_OPENINGS = 100_000
 """Openings kept for receipts (oldest dropped first)."""
+MAX_INDEXED_QUERIES = MAX_OPENINGS
+"""Finished queries whose entries stay indexed for receipts (older ones: NOT_FOUND)."""
 OPENINGS_FILE = "openings.jsonl"
 """Where, in the coordinator's state directory, result openings outlive a restart."""
 
@@ -366,14 +368,15 @@ class AuditLog:
         self.clock = clock
         self.writer = LogWriter(storage)
         self._lock = threading.Condition()
-        self._by_query: dict[str, list[int]] = {}
+        self._by_query: OrderedDict[str, list[int]] = OrderedDict()
+        self._finished: set[str] = set()
         self._openings: OrderedDict[str, ResultOpening] = OrderedDict()
         self._openings_path = openings
         if openings is not None:
             self._openings.update(_read_openings(openings))
         self._submissions: dict[str, QueryEntry] = {}
         self._owners: dict[str, str] = {}
-        self._reports: set[str] = set()
+        self._reports: OrderedDict[str, None] = OrderedDict()
         self._report_lock = threading.Lock()
         for index, data in enumerate(storage.entries()):
             self._index(index, data)
@@ -448,7 +451,9 @@ class AuditLog:
 
     def _note(self, index: int, entry: Entry) -> None:
         if isinstance(entry, ExecutionReportEntry):
-            self._reports.add(entry.report_id)
+            self._reports[entry.report_id] = None
+            while len(self._reports) > 3 * MAX_INDEXED_QUERIES:
+                self._reports.popitem(last=False)
         query_id = getattr(entry, "query_id", None)
         if not isinstance(query_id, str):
             return
@@ -457,6 +462,28 @@ class AuditLog:
             self._submissions.setdefault(query_id, entry)
         if isinstance(entry, (QueryEntry, DenialEntry)):
             self._owners.setdefault(query_id, entry.requester)
+        final = isinstance(entry, (DenialEntry, FailureEntry)) or (
+            isinstance(entry, QueryEntry) and entry.decision in ("released", "denied", "failed")
+        )
+        if final:
+            # Its outcome is logged: only a receipt will ask for it now, which needs indexes.
+            self._finished.add(query_id)
+            self._submissions.pop(query_id, None)
+            self._evict()
+
+    def _evict(self) -> None:
+        """Forget the oldest finished queries beyond MAX_INDEXED_QUERIES (never an unfinished
+        one: its submission is needed when it ends), so memory stays bounded."""
+        for _ in range(len(self._by_query)):
+            if len(self._by_query) <= MAX_INDEXED_QUERIES:
+                return
+            oldest = next(iter(self._by_query))
+            if oldest in self._finished:
+                del self._by_query[oldest]
+                self._finished.discard(oldest)
+                self._owners.pop(oldest, None)
+            else:
+                self._by_query.move_to_end(oldest)
 
     def log_activation(self, policy: Policy, signatures: bytes) -> None:
         """Log a policy version the coordinator sees take effect (best effort: a failure is

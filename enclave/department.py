@@ -75,7 +75,7 @@ from policies.templates import logged_sql, parse_envelope_query
 log = logging.getLogger("dataisland.enclave")
 
 VERSIONS_KEYS = ("duckdb", "sqlglot")
-READY_WAIT = 10.0
+READY_WAIT = 30.0
 """Longest a query waits for the enclave to finish rebuilding its state from the log."""
 MAX_DECLARED = 10_000
 """Run intents declared and not yet executed that the enclave remembers (oldest dropped)."""

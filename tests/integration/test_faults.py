@@ -53,6 +53,11 @@ def fed(federation_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def nodes(fed: Path) -> Iterator[FederationProcesses]:
     with FederationProcesses(fed) as processes:
+        # One query through every node first: the coordinator's channels are up and the
+        # enclaves have rebuilt their state, so a test that freezes a node freezes a node the
+        # coordinator already talks to (xdist may give any test of this module to a worker).
+        with client_for(fed) as client:
+            _answered_again(client, CLAIMS, naming="")
         yield processes
 
 
